@@ -1,0 +1,228 @@
+"""Gathering an adapter's two files from wherever they arrive: a directory, a .zip, a .tar(.gz), or named parts.
+
+Every source goes through one :class:`_Collector`, so the safety rules are written once:
+
+- member names must be relative and clean: no absolute paths, drive letters, backslashes or ``..``
+  (``unsafe_archive``); links and device files are refused too;
+- pickles (``.bin``, ``.pt``, ``.pth``, ``.pkl``, ``.ckpt``) are refused by name and never opened
+  (``pickle_rejected``);
+- the declared and the actually unpacked sizes are bounded (``too_large``); a gzip stream is cut off as soon
+  as it inflates past the bound, so a decompression bomb costs at most the bound;
+- ``adapter_config.json`` and ``adapter_model.safetensors`` may sit at the top or in one folder, but each must
+  occur once (a second copy is ambiguous: ``unsafe_archive``). Other files (README.md, ...) are ignored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from soppu.adapter.limits import DEFAULT_LIMITS, Limits
+from soppu.errors import AdapterError
+from soppu.errors import AdapterErrorCode as Code
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "AdapterFiles",
+    "collect_archive",
+    "collect_directory",
+    "collect_parts",
+]
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_ZIP_MAGIC = b"PK\x03\x04"
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterFiles:
+    """The raw bytes of an adapter's config and weights, not yet validated."""
+
+    config: bytes
+    weights: bytes
+
+
+def _unsafe(message: str, **detail: object) -> AdapterError:
+    return AdapterError(Code.UNSAFE_ARCHIVE, message, **detail)
+
+
+def _clean_name(name: str) -> PurePosixPath:
+    if "\\" in name or "\x00" in name:
+        raise _unsafe(f"member name {name!r} contains a backslash or NUL", member=name)
+    path = PurePosixPath(name)
+    if path.is_absolute() or (path.parts and path.parts[0].endswith(":")):
+        raise _unsafe(f"member name {name!r} is an absolute path", member=name)
+    if ".." in path.parts:
+        raise _unsafe(f"member name {name!r} climbs out of the archive with '..'", member=name)
+    return path
+
+
+def _read_bounded(read: Callable[[int], bytes], limit: int, what: str) -> bytes:
+    """Read until EOF, failing as soon as more than ``limit`` bytes arrive (declared sizes can lie)."""
+    buf = bytearray()
+    while chunk := read(min(_CHUNK, limit + 1 - len(buf))):
+        buf += chunk
+        if len(buf) > limit:
+            raise AdapterError(Code.TOO_LARGE, f"{what} is larger than the limit of {limit} bytes", limit=limit)
+    return bytes(buf)
+
+
+class _Collector:
+    """One pass over the members of a source: validates names and sizes and keeps the two files we need."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.members = 0
+        self.declared = 0
+        self.found: dict[str, bytes] = {}
+
+    def add(self, name: str, size: int, read: Callable[[int], bytes]) -> None:
+        path = _clean_name(name)
+        self.members += 1
+        if self.members > self.limits.max_archive_members:
+            raise AdapterError(
+                Code.TOO_LARGE, f"more than {self.limits.max_archive_members} members", limit=self.members - 1
+            )
+        if path.name.lower().endswith(PICKLE_SUFFIXES):
+            raise AdapterError(
+                Code.PICKLE_REJECTED,
+                f"{name!r} is a pickle; only safetensors weights are accepted and pickles are never opened",
+                member=name,
+            )
+        self.declared += size
+        if self.declared > self.limits.max_unpacked_bytes:
+            raise AdapterError(
+                Code.TOO_LARGE,
+                f"contents exceed the unpacked-size limit of {self.limits.max_unpacked_bytes} bytes",
+                limit=self.limits.max_unpacked_bytes,
+            )
+        if path.name not in (CONFIG_NAME, WEIGHTS_NAME):
+            return
+        if len(path.parts) > 2:
+            raise _unsafe(f"{name!r} is nested too deep; put the adapter files at the top or in one folder")
+        if path.name in self.found:
+            raise _unsafe(f"{path.name} occurs more than once", member=name)
+        limit = self.limits.max_config_bytes if path.name == CONFIG_NAME else self.limits.max_weights_bytes
+        if size > limit:
+            raise AdapterError(Code.TOO_LARGE, f"{path.name} is {size} bytes; the limit is {limit}", limit=limit)
+        self.found[path.name] = _read_bounded(read, limit, path.name)
+
+    def result(self) -> AdapterFiles:
+        if CONFIG_NAME not in self.found:
+            raise AdapterError(Code.MISSING_CONFIG, f"no {CONFIG_NAME} found")
+        if WEIGHTS_NAME not in self.found:
+            raise AdapterError(Code.MISSING_WEIGHTS, f"no {WEIGHTS_NAME} found")
+        return AdapterFiles(config=self.found[CONFIG_NAME], weights=self.found[WEIGHTS_NAME])
+
+
+def collect_parts(parts: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS) -> AdapterFiles:
+    """From named parts (a multipart upload's file parts, or any name -> bytes mapping)."""
+    collector = _Collector(limits)
+    for name, data in parts.items():
+        collector.add(name, len(data), io.BytesIO(data).read)
+    return collector.result()
+
+
+def collect_directory(directory: Path, limits: Limits = DEFAULT_LIMITS) -> AdapterFiles:
+    """From a PEFT adapter directory (what ``save_pretrained`` writes). Only its top level is read."""
+    collector = _Collector(limits)
+    for entry in sorted(directory.iterdir()):
+        if not entry.is_file():
+            continue
+        with entry.open("rb") as f:
+            collector.add(entry.name, entry.stat().st_size, f.read)
+    return collector.result()
+
+
+def _collect_zip(source: BinaryIO, collector: _Collector) -> None:
+    with zipfile.ZipFile(source) as archive:
+        for info in archive.infolist():
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                raise _unsafe(f"{info.filename!r} is a symbolic link", member=info.filename)
+            if info.is_dir():
+                _clean_name(info.filename)
+                continue
+            with archive.open(info) as member:
+                collector.add(info.filename, info.file_size, member.read)
+
+
+class _InflateBound(io.RawIOBase):
+    """A read-only stream over ``inner`` that fails once more than ``limit`` bytes came out of it."""
+
+    def __init__(self, inner: BinaryIO, limit: int) -> None:
+        self.inner, self.limit, self.count = inner, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.inner.read(len(buffer))
+        self.count += len(data)
+        if self.count > self.limit:
+            raise AdapterError(
+                Code.TOO_LARGE, f"archive inflates past the limit of {self.limit} bytes", limit=self.limit
+            )
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _collect_tar(source: BinaryIO, collector: _Collector, compressed: bool) -> None:
+    # Tar headers add 512-byte blocks around every member; allow for them on top of the unpacked limit.
+    bound = collector.limits.max_unpacked_bytes + 1024 * (collector.limits.max_archive_members + 2)
+    raw: BinaryIO = gzip.GzipFile(fileobj=source) if compressed else source
+    stream = io.BufferedReader(_InflateBound(raw, bound))
+    # Stream mode ("r|"): members are read in order and never seeked, so the bound above always applies.
+    with tarfile.open(fileobj=stream, mode="r|") as archive:
+        for member in archive:
+            if member.issym() or member.islnk():
+                raise _unsafe(f"{member.name!r} is a link", member=member.name)
+            if member.isdir():
+                _clean_name(member.name)
+                continue
+            if not member.isfile():
+                raise _unsafe(f"{member.name!r} is not a regular file", member=member.name)
+            extracted = archive.extractfile(member)
+            assert extracted is not None  # regular files always extract
+            collector.add(member.name, member.size, extracted.read)
+
+
+def collect_archive(source: Path | bytes, limits: Limits = DEFAULT_LIMITS) -> AdapterFiles:
+    """From a .zip or a .tar / .tar.gz, given as a path or as bytes. The format is sniffed, not guessed
+    from the name."""
+    size = source.stat().st_size if isinstance(source, Path) else len(source)
+    if size > limits.max_archive_bytes:
+        raise AdapterError(
+            Code.TOO_LARGE, f"archive is {size} bytes; the limit is {limits.max_archive_bytes}", limit=size
+        )
+    stream: BinaryIO = source.open("rb") if isinstance(source, Path) else io.BytesIO(source)
+    collector = _Collector(limits)
+    with stream:
+        head = stream.read(512)
+        stream.seek(0)
+        try:
+            if head.startswith(_ZIP_MAGIC):
+                _collect_zip(stream, collector)
+            elif head.startswith(_GZIP_MAGIC):
+                _collect_tar(stream, collector, compressed=True)
+            elif head[257:262] == b"ustar":
+                _collect_tar(stream, collector, compressed=False)
+            else:
+                raise AdapterError(Code.BAD_ARCHIVE, "not a .zip, .tar or .tar.gz archive")
+        except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile) as e:
+            raise AdapterError(Code.BAD_ARCHIVE, f"corrupt archive: {e}") from e
+        except (RuntimeError, NotImplementedError) as e:  # zipfile: encrypted or unknown compression
+            raise AdapterError(Code.BAD_ARCHIVE, f"unreadable archive member: {e}") from e
+    return collector.result()

@@ -1,0 +1,1 @@
+"""The ``soppu`` command line."""
