@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 SOPPU := $(VENV)/bin/soppu
 TORCH_VERSION := 2.13.0
 EXAMPLES_DIR ?= .cache/examples
+# Tests and the demo share one cache of generated models (see soppu examples build --help).
+export SOPPU_CACHE_DIR ?= $(CURDIR)/.cache/soppu
 DEMO_USERS ?= 20
 
 .PHONY: install test demo lint format bench up down clean
@@ -40,12 +42,18 @@ format: install
 bench: install
 	@set -e; for script in bench/*.py; do echo "== $$script"; $(PY) $$script; done
 
-# The docker stack (MinIO, LoRAX, services) lands with the stack issue; only MinIO is defined so far.
-up:
+# The docker stack. So far only MinIO and its bucket; the services, LoRAX and the engine join with the stack issue.
+up: .env
 	docker compose up -d
+	@echo "MinIO: http://localhost:9000 (console http://localhost:9001); credentials in .env"
 
 down:
 	docker compose down
+
+# A fresh .env with random secrets, never overwriting an existing one.
+.env:
+	@umask 077; sed "s/^MINIO_ROOT_PASSWORD=.*/MINIO_ROOT_PASSWORD=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))')/" .env.example > $@
+	@echo "wrote .env with a random MinIO password"
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

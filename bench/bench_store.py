@@ -17,10 +17,8 @@ one JSON object to stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -29,17 +27,16 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from timing import WARMUP, compare, machine
 
 from soppu.store import LocalStore, S3Store
 
 _CREDENTIALS = {"access_key": "bench", "secret_key": "bench", "region": "us-east-1"}
-_WARMUP = 3
 
 
 def _start_moto() -> tuple[subprocess.Popen[bytes], str]:
@@ -66,39 +63,6 @@ def _start_moto() -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("moto_server did not start")
 
 
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    # Nearest-rank: a real sample, not an interpolation between two.
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
-
-
-def _summary(samples_s: list[float], size: int) -> dict[str, float]:
-    median = _percentile(samples_s, 0.5)
-    return {
-        "median_ms": round(median * 1e3, 3),
-        "p90_ms": round(_percentile(samples_s, 0.9) * 1e3, 3),
-        "mib_per_s": round(size / (1024 * 1024) / median, 1) if median > 0 else float("inf"),
-    }
-
-
-def _compare(
-    name: str, ours: Callable[[int], object], baseline: Callable[[int], object], iterations: int, size: int
-) -> dict[str, Any]:
-    """Time ``ours(i)`` and ``baseline(i)`` alternately; return their summaries and the median ratio."""
-    timings: dict[str, list[float]] = {"ours": [], "baseline": []}
-    for i in range(_WARMUP + iterations):
-        for label, fn in (("ours", ours), ("baseline", baseline)):
-            start = time.perf_counter()
-            fn(i)
-            elapsed = time.perf_counter() - start
-            if i >= _WARMUP:
-                timings[label].append(elapsed)
-    result: dict[str, Any] = {label: _summary(samples, size) for label, samples in timings.items()}
-    result["ratio_median"] = round(result["ours"]["median_ms"] / result["baseline"]["median_ms"], 3)
-    print(f"{name}: {result}", file=sys.stderr)
-    return result
-
-
 def _bench_s3(endpoint: str, payload: bytes, iterations: int) -> dict[str, Any]:
     store = S3Store("bench", endpoint_url=endpoint, **_CREDENTIALS)
     store.ensure_bucket()
@@ -114,21 +78,21 @@ def _bench_s3(endpoint: str, payload: bytes, iterations: int) -> dict[str, Any]:
     store.put("ours/get", payload)
     raw.put_object(Bucket="bench", Key="raw/get", Body=payload)
     return {
-        "s3_put": _compare(
+        "s3_put": compare(
             "s3_put",
             lambda i: store.put(f"ours/put/{i % 4}", payload),
             lambda i: raw.put_object(Bucket="bench", Key=f"raw/put/{i % 4}", Body=payload),
             iterations,
             size,
         ),
-        "s3_put_wrapper_only": _compare(
+        "s3_put_wrapper_only": compare(
             "s3_put_wrapper_only",
             lambda i: store.put(f"ours/put/{i % 4}", payload),
             lambda i: store.client.put_object(Bucket="bench", Key=f"raw/put/{i % 4}", Body=payload),
             iterations,
             size,
         ),
-        "s3_get": _compare(
+        "s3_get": compare(
             "s3_get",
             lambda i: store.get("ours/get"),
             lambda i: raw.get_object(Bucket="bench", Key="raw/get")["Body"].read(),
@@ -151,7 +115,7 @@ def _bench_local(root: Path, payload: bytes, iterations: int) -> dict[str, Any]:
     plain = root / "plain"
     plain.mkdir()
     size = len(payload)
-    put = _compare(
+    put = compare(
         "local_put",
         lambda i: store.put(f"ours/put/{i % 4}", payload),
         lambda i: _plain_write(plain / f"put-{i % 4}", payload, fsync=False),
@@ -159,7 +123,7 @@ def _bench_local(root: Path, payload: bytes, iterations: int) -> dict[str, Any]:
         size,
     )
     # Same ours-vs-baseline shape, but the baseline also fsyncs: the part of the cost that is durability.
-    fsync_only = _compare(
+    fsync_only = compare(
         "local_put_vs_write_fsync",
         lambda i: store.put(f"ours/put/{i % 4}", payload),
         lambda i: _plain_write(plain / f"put-{i % 4}", payload, fsync=True),
@@ -168,7 +132,7 @@ def _bench_local(root: Path, payload: bytes, iterations: int) -> dict[str, Any]:
     )
     store.put("ours/get", payload)
     (plain / "get").write_bytes(payload)
-    get = _compare(
+    get = compare(
         "local_get",
         lambda i: store.get("ours/get"),
         lambda i: (plain / "get").read_bytes(),
@@ -176,16 +140,6 @@ def _bench_local(root: Path, payload: bytes, iterations: int) -> dict[str, Any]:
         size,
     )
     return {"local_put": put, "local_put_vs_write_fsync": fsync_only, "local_get": get}
-
-
-def _machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     report = {
         "benchmark": "soppu.store",
-        "machine": _machine(),
-        "config": {"iterations": args.iterations, "warmup": _WARMUP, "size_kib": args.size_kib},
+        "machine": machine(),
+        "config": {"iterations": args.iterations, "warmup": WARMUP, "size_kib": args.size_kib},
         "notes": {
             "s3": "moto_server on loopback; baseline is a boto3 client with default config plus path style"
             " (it computes CRC32 request checksums, which ours turns off for MinIO compatibility)",

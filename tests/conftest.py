@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: a real moto S3 server process, and object stores on both backends.
+"""Shared pytest fixtures: a real moto S3 server process, object stores on both backends, and the example
+base model with its users' adapters.
 
 The S3 tests talk HTTP to a standalone ``moto_server`` process rather than patching boto3 in-process, so
 they exercise the same client code, retries and error parsing a MinIO deployment would.
@@ -20,8 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from soppu.examples import ExamplesSpec, build_examples
 from soppu.store import LocalStore, ObjectStore, S3Store
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The examples cache is shared with `make demo` (same SOPPU_CACHE_DIR), so the base model trains once.
+EXAMPLES_CACHE = Path(os.environ.get("SOPPU_CACHE_DIR", REPO_ROOT / ".cache" / "soppu"))
+EXAMPLE_USERS = 4
 _MOTO_START_TIMEOUT_S = 30.0
 _CREDENTIALS = {"access_key": "testing", "secret_key": "testing", "region": "us-east-1"}
 
@@ -112,3 +118,11 @@ def local_store(tmp_path: Path) -> LocalStore:
 def store(request: pytest.FixtureRequest) -> ObjectStore:
     """Each backend in turn, so one test body checks that both keep the same semantics."""
     return request.getfixturevalue(f"{request.param}_store")
+
+
+@pytest.fixture(scope="session")
+def examples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example fixture (tiny Llama + one adapter per user + users.json), built once per session."""
+    return build_examples(
+        ExamplesSpec(users=EXAMPLE_USERS), tmp_path_factory.mktemp("examples") / "set", cache_dir=EXAMPLES_CACHE
+    )

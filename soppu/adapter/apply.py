@@ -8,7 +8,7 @@ generator trains many users' adapters in one batch (one adapter per batch row).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 
 import torch
@@ -30,7 +30,7 @@ class LoraHooks:
         self.factors: dict[str, Factors] = dict(factors)
         self._handles = [model.get_submodule(name).register_forward_hook(self._hook_for(name)) for name in self.factors]
 
-    def _hook_for(self, name: str):
+    def _hook_for(self, name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor]:
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
             a, b, scaling = self.factors[name]
             x = inputs[0]

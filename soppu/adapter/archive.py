@@ -69,14 +69,19 @@ def _clean_name(name: str) -> PurePosixPath:
     return path
 
 
-def _read_bounded(read: Callable[[int], bytes], limit: int, what: str) -> bytes:
+def _read_bounded(read: Callable[[int], bytes], size_hint: int, limit: int, what: str) -> bytes:
     """Read until EOF, failing as soon as more than ``limit`` bytes arrive (declared sizes can lie)."""
-    buf = bytearray()
-    while chunk := read(min(_CHUNK, limit + 1 - len(buf))):
-        buf += chunk
-        if len(buf) > limit:
+    chunks, total = [], 0
+    # The first read asks for the declared size (plus one byte, to see a lie): usually the only read, and
+    # joining a single chunk does not copy it.
+    want = min(size_hint, limit) + 1
+    while chunk := read(want):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
             raise AdapterError(Code.TOO_LARGE, f"{what} is larger than the limit of {limit} bytes", limit=limit)
-    return bytes(buf)
+        want = min(_CHUNK, limit + 1 - total)
+    return b"".join(chunks)
 
 
 class _Collector:
@@ -117,7 +122,7 @@ class _Collector:
         limit = self.limits.max_config_bytes if path.name == CONFIG_NAME else self.limits.max_weights_bytes
         if size > limit:
             raise AdapterError(Code.TOO_LARGE, f"{path.name} is {size} bytes; the limit is {limit}", limit=limit)
-        self.found[path.name] = _read_bounded(read, limit, path.name)
+        self.found[path.name] = _read_bounded(read, size, limit, path.name)
 
     def result(self) -> AdapterFiles:
         if CONFIG_NAME not in self.found:

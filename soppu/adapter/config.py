@@ -136,7 +136,8 @@ def parse_config(raw: bytes) -> AdapterConfig:
     """Parse and validate ``adapter_config.json``. Raises AdapterError (bad_config / unsupported_variant)."""
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    # ValueError covers bad UTF-8, bad JSON and integers past Python's digit limit; RecursionError, deep nesting.
+    except (ValueError, RecursionError) as e:
         raise _bad(f"adapter_config.json is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise _bad("adapter_config.json must hold a JSON object")

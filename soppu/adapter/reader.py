@@ -7,6 +7,7 @@ load the tensors and check their values. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +35,12 @@ __all__ = ["read_adapter", "validate_files"]
 _TENSOR_NAME = re.compile(r"base_model\.model\.(?P<module>.+)\.(?P<factor>lora_A|lora_B)\.weight")
 # Pickle protocol 2+ opens with 0x80 <protocol>; torch.save writes a zip whose members hold data.pkl.
 _PICKLE_PROTOCOLS = {bytes([0x80, p]) for p in range(2, 6)}
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    # NaN and Inf survive a sum, and a float64 sum of fp32/fp16/bf16 values cannot overflow (3.4e38 per element
+    # times any tensor that fits in memory stays far below 1.8e308): exact, and ~3x faster than isfinite().all().
+    return math.isfinite(float(tensor.sum(dtype=torch.float64)))
 
 
 def _reject_pickle(weights: bytes) -> None:
@@ -109,7 +116,7 @@ def validate_files(
     modules = {}
     for module, (a_spec, b_spec) in pairs.items():
         a, b = tensors[a_spec.name], tensors[b_spec.name]
-        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        if not (_all_finite(a) and _all_finite(b)):
             raise AdapterError(Code.NON_FINITE, f"module {module!r} has NaN or Inf values", module=module)
         modules[module] = LoraModule(b=b, a=a, scaling=config.scaling_for(module))
     return LoraAdapter(config=config, modules=modules)

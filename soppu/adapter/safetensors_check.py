@@ -95,7 +95,8 @@ def check_safetensors_header(
         raise _bad(f"safetensors header length {header_len} runs past the end of the {size}-byte file")
     try:
         header = json.loads(bytes(data[8 : 8 + header_len]).decode("utf-8"), object_pairs_hook=_reject_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    # ValueError covers bad UTF-8, bad JSON and integers past Python's digit limit; RecursionError, deep nesting.
+    except (ValueError, RecursionError) as e:
         raise _bad(f"safetensors header is not valid JSON: {e}") from e
     if not isinstance(header, dict):
         raise _bad("safetensors header must be a JSON object")

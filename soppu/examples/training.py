@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 
 from soppu.adapter.apply import LoraHooks
@@ -20,7 +21,9 @@ __all__ = ["LoraTrainingSpec", "encode_lines", "pretrain", "train_user_adapters"
 Progress = Callable[[int], None]
 
 
-def encode_lines(tokenizer, lines: Sequence[str], eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_lines(
+    tokenizer: Tokenizer, lines: Sequence[str], eos_id: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (with BOS from the tokenizer and an EOS appended), right-padded; and the LM labels
     (padding masked with -100)."""
     rows = [[*enc.ids, eos_id] for enc in tokenizer.encode_batch(list(lines))]

@@ -1,0 +1,163 @@
+"""The bucket layout: every key SOPPU writes, defined here and nowhere else.
+
+===========================================================  =====================================================
+key                                                          what
+===========================================================  =====================================================
+``originals/{user}/{adapter}/{version}/adapter_config.json``  the adapter as uploaded (validated); refits start here
+``originals/{user}/{adapter}/{version}/adapter_model.safetensors``
+``exports/{user}/{adapter}/{version}/adapter_config.json``    PEFT LoRA that LoRAX loads: ``adapter_source=s3``,
+``exports/{user}/{adapter}/{version}/adapter_model.safetensors``  ``adapter_id=s3://{bucket}/exports/{user}/{adapter}/{version}``
+``cores/{user}/{adapter}/{version}/core.safetensors``          the per-adapter core of the compressed form
+``bases/{cohort}/{basis}/bases.safetensors``                   a cohort's shared bases (U, V per module)
+``manifests/{user}/{adapter}/{version}.json``                  what one version is made of (keys, basis, report)
+``pointers/{user}/{adapter}/current.json``                     the current version; written last, so it switches
+===========================================================  =====================================================
+
+``{version}`` and ``{basis}`` are ``v`` plus 8 digits (``v00000001``). Two rules hold for every key LoRAX reads
+(everything under ``exports/``), because LoRAX downloads *every* object under the prefix it is given and
+caches by key forever (see ``lorax/README.md``):
+
+1. **No adapter prefix is a prefix of another.** User ids and adapter names cannot contain ``/`` and the final
+   component has a fixed length, so ``exports/u1/default/v00000001`` never matches ``.../v000000010`` or
+   ``exports/u10/...``; only the two PEFT files live under it.
+2. **Nothing is overwritten.** A new version gets a new key; exports, cores, originals and bases are written
+   with create-only puts. Only ``current.json`` is replaced, and LoRAX never reads it.
+
+Data is grouped by kind first so that one read-only policy on ``exports/`` is all LoRAX needs; deleting a user
+therefore walks :func:`user_prefixes`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from soppu.adapter.archive import CONFIG_NAME, WEIGHTS_NAME
+from soppu.errors import InvalidName
+
+__all__ = [
+    "LAYOUT",
+    "AdapterVersion",
+    "basis_key",
+    "check_name",
+    "format_version",
+    "parse_version",
+    "pointer_key",
+    "user_prefixes",
+]
+
+ORIGINALS = "originals"
+EXPORTS = "exports"
+CORES = "cores"
+BASES = "bases"
+MANIFESTS = "manifests"
+POINTERS = "pointers"
+CORE_NAME = "core.safetensors"
+BASES_NAME = "bases.safetensors"
+POINTER_NAME = "current.json"
+
+# Every key template, for documentation and the test that keeps the README in step with this module.
+LAYOUT: tuple[str, ...] = (
+    f"{ORIGINALS}/{{user}}/{{adapter}}/{{version}}/{CONFIG_NAME}",
+    f"{ORIGINALS}/{{user}}/{{adapter}}/{{version}}/{WEIGHTS_NAME}",
+    f"{EXPORTS}/{{user}}/{{adapter}}/{{version}}/{CONFIG_NAME}",
+    f"{EXPORTS}/{{user}}/{{adapter}}/{{version}}/{WEIGHTS_NAME}",
+    f"{CORES}/{{user}}/{{adapter}}/{{version}}/{CORE_NAME}",
+    f"{BASES}/{{cohort}}/{{basis}}/{BASES_NAME}",
+    f"{MANIFESTS}/{{user}}/{{adapter}}/{{version}}.json",
+    f"{POINTERS}/{{user}}/{{adapter}}/{POINTER_NAME}",
+)
+
+# User ids, adapter names and cohort names: a letter or digit first (so never "." or ".."), then a small
+# alphabet that needs no escaping in a key, a URL or a shell.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_VERSION = re.compile(r"v(\d{8})")
+MAX_VERSION = 99_999_999
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is a valid user id / adapter name / cohort name, else raise InvalidName."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise InvalidName(
+            f"invalid {what} {value!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
+            field=what,
+        )
+    return value
+
+
+def format_version(number: int) -> str:
+    if not isinstance(number, int) or not 1 <= number <= MAX_VERSION:
+        raise InvalidName(f"version must be an integer in [1, {MAX_VERSION}], got {number!r}", field="version")
+    return f"v{number:08d}"
+
+
+def parse_version(text: str) -> int:
+    match = _VERSION.fullmatch(text)
+    if match is None or int(match[1]) == 0:
+        raise InvalidName(f"invalid version {text!r}: expected v00000001 .. v{MAX_VERSION}", field="version")
+    return int(match[1])
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterVersion:
+    """One version of one user's adapter, and every key that belongs to it."""
+
+    user_id: str
+    adapter: str
+    version: int
+
+    def __post_init__(self) -> None:
+        check_name(self.user_id, "user_id")
+        check_name(self.adapter, "adapter name")
+        format_version(self.version)
+
+    @property
+    def _path(self) -> str:
+        return f"{self.user_id}/{self.adapter}/{format_version(self.version)}"
+
+    @property
+    def original_prefix(self) -> str:
+        return f"{ORIGINALS}/{self._path}"
+
+    @property
+    def export_prefix(self) -> str:
+        """The prefix LoRAX is given (no trailing slash: LoRAX appends the file names itself)."""
+        return f"{EXPORTS}/{self._path}"
+
+    @property
+    def core_key(self) -> str:
+        return f"{CORES}/{self._path}/{CORE_NAME}"
+
+    @property
+    def manifest_key(self) -> str:
+        return f"{MANIFESTS}/{self._path}.json"
+
+    @property
+    def pointer_key(self) -> str:
+        return pointer_key(self.user_id, self.adapter)
+
+    def original_keys(self) -> tuple[str, str]:
+        """(config key, weights key) of the original upload."""
+        return f"{self.original_prefix}/{CONFIG_NAME}", f"{self.original_prefix}/{WEIGHTS_NAME}"
+
+    def export_keys(self) -> tuple[str, str]:
+        """(config key, weights key) of the LoRAX-loadable PEFT export."""
+        return f"{self.export_prefix}/{CONFIG_NAME}", f"{self.export_prefix}/{WEIGHTS_NAME}"
+
+    def lorax_adapter_id(self, bucket: str) -> str:
+        """What a LoRAX request carries as ``adapter_id`` (with ``adapter_source="s3"``)."""
+        return f"s3://{bucket}/{self.export_prefix}"
+
+
+def pointer_key(user_id: str, adapter: str) -> str:
+    return f"{POINTERS}/{check_name(user_id, 'user_id')}/{check_name(adapter, 'adapter name')}/{POINTER_NAME}"
+
+
+def basis_key(cohort: str, basis_version: int) -> str:
+    return f"{BASES}/{check_name(cohort, 'cohort')}/{format_version(basis_version)}/{BASES_NAME}"
+
+
+def user_prefixes(user_id: str) -> tuple[str, ...]:
+    """Every prefix that holds data of ``user_id`` (with the trailing slash, so ``u1`` never matches ``u10``)."""
+    check_name(user_id, "user_id")
+    return tuple(f"{kind}/{user_id}/" for kind in (ORIGINALS, EXPORTS, CORES, MANIFESTS, POINTERS))
