@@ -93,13 +93,21 @@ class _Collector:
         self.declared = 0
         self.found: dict[str, bytes] = {}
 
-    def add(self, name: str, size: int, read: Callable[[int], bytes]) -> None:
-        path = _clean_name(name)
+    def add_directory(self, name: str) -> None:
+        """A folder entry: its name must be clean too, and it counts towards the member limit."""
+        _clean_name(name)
+        self._count()
+
+    def _count(self) -> None:
         self.members += 1
         if self.members > self.limits.max_archive_members:
             raise AdapterError(
                 Code.TOO_LARGE, f"more than {self.limits.max_archive_members} members", limit=self.members - 1
             )
+
+    def add(self, name: str, size: int, read: Callable[[int], bytes]) -> None:
+        path = _clean_name(name)
+        self._count()
         if path.name.lower().endswith(PICKLE_SUFFIXES):
             raise AdapterError(
                 Code.PICKLE_REJECTED,
@@ -146,9 +154,30 @@ def collect_directory(directory: Path, limits: Limits = DEFAULT_LIMITS) -> Adapt
     for entry in sorted(directory.iterdir()):
         if not entry.is_file():
             continue
-        with entry.open("rb") as f:
-            collector.add(entry.name, entry.stat().st_size, f.read)
+        # Opened only if the collector reads it: a pickle is refused by name without ever being opened.
+        with _LazyFile(entry) as lazy:
+            collector.add(entry.name, entry.stat().st_size, lazy.read)
     return collector.result()
+
+
+class _LazyFile:
+    """A file that is opened on the first read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO | None = None
+
+    def read(self, size: int) -> bytes:
+        if self._file is None:
+            self._file = self.path.open("rb")
+        return self._file.read(size)
+
+    def __enter__(self) -> _LazyFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def _collect_zip(source: BinaryIO, collector: _Collector) -> None:
@@ -158,7 +187,7 @@ def _collect_zip(source: BinaryIO, collector: _Collector) -> None:
             if stat.S_ISLNK(mode):
                 raise _unsafe(f"{info.filename!r} is a symbolic link", member=info.filename)
             if info.is_dir():
-                _clean_name(info.filename)
+                collector.add_directory(info.filename)
                 continue
             with archive.open(info) as member:
                 collector.add(info.filename, info.file_size, member.read)
@@ -195,7 +224,7 @@ def _collect_tar(source: BinaryIO, collector: _Collector, compressed: bool) -> N
             if member.issym() or member.islnk():
                 raise _unsafe(f"{member.name!r} is a link", member=member.name)
             if member.isdir():
-                _clean_name(member.name)
+                collector.add_directory(member.name)
                 continue
             if not member.isfile():
                 raise _unsafe(f"{member.name!r} is not a regular file", member=member.name)

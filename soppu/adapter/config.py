@@ -8,9 +8,10 @@ faithfully: other ``peft_type`` values, DoRA, trained biases, ``modules_to_save`
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import regex
 
 from soppu.errors import AdapterError
 from soppu.errors import AdapterErrorCode as Code
@@ -19,6 +20,8 @@ from soppu.lora import lora_scaling
 __all__ = ["AdapterConfig", "parse_config"]
 
 MAX_RANK = 1024
+_MAX_PATTERN_LENGTH = 512
+_REGEX_TIMEOUT_S = 0.05
 # Keys whose mere presence with a non-default value means a variant we do not implement.
 _UNSUPPORTED_IF_SET: dict[str, tuple[Any, ...]] = {
     "use_dora": (False, None),
@@ -40,10 +43,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _regex_match(pattern: str, text: str) -> bool:
+    """``fullmatch`` for patterns that come from untrusted configs.
+
+    Python's ``re`` cannot be interrupted, and a pattern like ``(a|aa)+b`` backtracks for ever; the ``regex``
+    package has a timeout, so an expensive pattern is a bad_config instead of a hung worker.
+    """
+    try:
+        return regex.fullmatch(pattern, text, timeout=_REGEX_TIMEOUT_S) is not None
+    except TimeoutError as e:
+        raise _bad(f"pattern {pattern!r} is too expensive to match", pattern=pattern) from e
+
+
 def _pattern_key(patterns: dict[str, Any], module: str) -> str | None:
     # PEFT's get_pattern_key: the first pattern that matches a dotted suffix of the module name.
     for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module):
+        if _regex_match(rf"(.*\.)?({key})", module):
             return key
     return None
 
@@ -65,7 +80,7 @@ class AdapterConfig:
     def targets(self, module: str) -> bool:
         """Whether PEFT would have put a LoRA on ``module`` (e.g. ``model.layers.0.self_attn.q_proj``)."""
         if isinstance(self.target_modules, str):
-            return re.fullmatch(self.target_modules, module) is not None
+            return _regex_match(self.target_modules, module)
         return any(module == t or module.endswith("." + t) for t in self.target_modules)
 
     def rank_for(self, module: str) -> int:
@@ -117,6 +132,11 @@ def _check_alpha(value: Any, what: str) -> float:
     return int(value) if isinstance(value, int) else float(value)
 
 
+def _check_pattern_text(pattern: str, what: str) -> None:
+    if len(pattern) > _MAX_PATTERN_LENGTH:
+        raise _bad(f"{what} pattern is longer than {_MAX_PATTERN_LENGTH} characters", field=what)
+
+
 def _check_pattern(raw: Any, name: str, check: Any) -> dict[str, Any]:
     if raw in (None, {}):
         return {}
@@ -124,9 +144,10 @@ def _check_pattern(raw: Any, name: str, check: Any) -> dict[str, Any]:
         raise _bad(f"{name} must be an object mapping module patterns to values", field=name)
     out = {}
     for key, value in raw.items():
+        _check_pattern_text(key, name)
         try:
-            re.compile(key)
-        except re.error as e:
+            regex.compile(key)
+        except regex.error as e:
             raise _bad(f"{name} key {key!r} is not a valid pattern: {e}", field=name) from e
         out[key] = check(value, f"{name}[{key!r}]")
     return out
@@ -164,9 +185,10 @@ def parse_config(raw: bytes) -> AdapterConfig:
 
     targets = data.get("target_modules")
     if isinstance(targets, str):
+        _check_pattern_text(targets, "target_modules")
         try:
-            re.compile(targets)
-        except re.error as e:
+            regex.compile(targets)
+        except regex.error as e:
             raise _bad(f"target_modules pattern is invalid: {e}", field="target_modules") from e
         target_modules: tuple[str, ...] | str = targets
     elif isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets):
