@@ -59,17 +59,27 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from soppu.examples.check import check_examples
+    from soppu.examples.check import AnswerCheck, check_examples
 
     results = check_examples(args.directory, args.users, args.device)
-    header = ("user", "prompt", "base model", "with adapter", "expected", "")
+    by_user: dict[str, list[AnswerCheck]] = {}
+    for result in results:
+        by_user.setdefault(result.user_id, []).append(result)
+    header = ("user", "base model says", "with the user's adapter", "")
     rows = [
-        (r.user_id, r.prompt, r.base_answer, r.adapter_answer, r.expected, "ok" if r.ok else "WRONG") for r in results
+        (
+            user,
+            ", ".join(r.base_answer for r in answers),
+            ", ".join(r.adapter_answer if r.ok else f"{r.adapter_answer} (expected {r.expected})" for r in answers),
+            "ok" if all(r.ok for r in answers) else "WRONG",
+        )
+        for user, answers in by_user.items()
     ]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    if results:
+        print("prompts: " + " | ".join(r.prompt for r in next(iter(by_user.values()))))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    users = {r.user_id for r in results}
-    wrong_users = {r.user_id for r in results if not r.ok}
-    print(f"\n{len(users) - len(wrong_users)}/{len(users)} users got their own answers to every prompt")
-    return 1 if wrong_users or not results else 0
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    good = sum(row[-1] == "ok" for row in rows)
+    print(f"\n{good}/{len(rows)} users got their own answers to every prompt")
+    return 0 if rows and good == len(rows) else 1
