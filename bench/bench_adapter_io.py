@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_safetensors
-from timing import WARMUP, compare, machine
+from timing import compare, emit_report
 
 from soppu.adapter import AdapterConfig, LoraAdapter, LoraModule, read_adapter, write_adapter
 from soppu.adapter.archive import CONFIG_NAME, WEIGHTS_NAME
@@ -141,22 +141,19 @@ def main(argv: list[str] | None = None) -> int:
         shapes = {name: _bench_shape(name, shape, dtype, args.iterations, root) for name, shape in SHAPES.items()}
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    report = {
-        "benchmark": "soppu.adapter read/validate/write",
-        "machine": machine(),
-        "config": {"iterations": args.iterations, "warmup": WARMUP, "dtype": args.dtype},
-        "notes": {
+    emit_report(
+        "soppu.adapter read/validate/write",
+        {"iterations": args.iterations, "dtype": args.dtype},
+        {
             "baseline": "json.loads(config) + safetensors load of the weights (from the dir, or unpacked from the same"
             " archive with zipfile/tarfile), no validation",
-            "ours": "read_adapter: archive/size rules, header checks, config + shape validation, isfinite on every"
-            " tensor; .tar.gz is inflated in-process",
+            "ours": "read_adapter: archive/size rules, header checks, config + shape validation, a finiteness"
+            " check of every tensor; .tar.gz is inflated in-process",
             "serialize_bytes": "baseline is safetensors.torch.save(tensors) + json.dumps(config)",
-            "ratio_median": "ours median / baseline median",
         },
-        "shapes": shapes,
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    print(json.dumps(report, indent=2))
+        {"shapes": shapes},
+        started,
+    )
     return 0
 
 

@@ -17,7 +17,6 @@ one JSON object to stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
@@ -32,7 +31,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from timing import WARMUP, compare, machine
+from timing import compare, emit_report
 
 from soppu.store import LocalStore, S3Store
 
@@ -161,21 +160,18 @@ def main(argv: list[str] | None = None) -> int:
         proc.terminate()
         proc.wait(timeout=10)
         shutil.rmtree(root, ignore_errors=True)
-    report = {
-        "benchmark": "soppu.store",
-        "machine": machine(),
-        "config": {"iterations": args.iterations, "warmup": WARMUP, "size_kib": args.size_kib},
-        "notes": {
+    emit_report(
+        "soppu.store",
+        {"iterations": args.iterations, "size_kib": args.size_kib},
+        {
             "s3": "moto_server on loopback; baseline is a boto3 client with default config plus path style"
             " (it computes CRC32 request checksums, which ours turns off for MinIO compatibility)",
             "s3_put_wrapper_only": "baseline is put_object on S3Store's own client: same config",
             "local_put": "ours = temp file + fsync + rename + dir fsync; baseline = open().write()",
-            "ratio_median": "ours median / baseline median",
         },
-        "results": results,
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    print(json.dumps(report, indent=2))
+        {"results": results},
+        started,
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ ours / baseline of the medians.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["WARMUP", "compare", "machine", "percentile", "summary"]
+__all__ = ["WARMUP", "compare", "emit_report", "machine", "percentile", "summary"]
 
 WARMUP = 3
 
@@ -64,3 +65,18 @@ def machine() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def emit_report(
+    benchmark: str, config: dict[str, Any], notes: dict[str, str], body: dict[str, Any], started: float
+) -> None:
+    """Print the one JSON object a benchmark script reports, with the machine and the wall time."""
+    report = {
+        "benchmark": benchmark,
+        "machine": machine(),
+        "config": {**config, "warmup": WARMUP},
+        "notes": {**notes, "ratio_median": "ours median / baseline median"},
+        **body,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(report, indent=2))

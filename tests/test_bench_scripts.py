@@ -1,0 +1,34 @@
+"""The benchmark scripts still run and print their JSON report (tiny sizes; no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [
+        ("bench_store.py", ["--iterations", "1", "--size-kib", "4"]),
+        ("bench_adapter_io.py", ["--iterations", "1"]),
+    ],
+)
+def test_bench_script_prints_a_report_with_ratios(script: str, args: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert {"benchmark", "machine", "config", "notes", "wall_s"} <= set(report)
+    assert "ratio_median" in result.stdout
+
+
+def test_every_bench_script_is_covered() -> None:
+    scripts = {p.name for p in BENCH.glob("bench_*.py")}
+    assert scripts == {"bench_store.py", "bench_adapter_io.py"}
