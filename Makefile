@@ -39,9 +39,9 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Every benchmark script (bench/bench_*.py; the other modules there are shared helpers). JSON on stdout.
+# Every benchmark script under bench/ (modules starting with "_" are shared helpers). JSON on stdout.
 bench: install
-	@set -e; for script in bench/bench_*.py; do echo "== $$script" >&2; $(PY) $$script; done
+	@set -e; for script in bench/[!_]*.py; do echo "== $$script" >&2; $(PY) $$script; done
 
 # The docker stack. So far only MinIO and its bucket; the services, LoRAX and the engine join with the stack issue.
 up: .env

@@ -11,7 +11,7 @@ tiny example adapter shape, it measures in this one process:
 
 Prints one JSON object to stdout (ratios are ours / baseline, medians); progress goes to stderr.
 
-    python bench/bench_adapter_io.py --iterations 20
+    python bench/adapter_io.py --iterations 20
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _timing import compare, emit_report
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_safetensors
-from timing import compare, emit_report
 
 from soppu.adapter import AdapterConfig, LoraAdapter, LoraModule, read_adapter, write_adapter
 from soppu.adapter.archive import CONFIG_NAME, WEIGHTS_NAME

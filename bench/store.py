@@ -11,7 +11,7 @@ Starts its own moto S3 server process and measures, in this one process and on t
 Ours and the baseline alternate within each iteration, so drift in the machine hits both equally. Prints
 one JSON object to stdout; progress goes to stderr.
 
-    python bench/bench_store.py --iterations 200 --size-kib 1024
+    python bench/store.py --iterations 200 --size-kib 1024
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from _timing import compare, emit_report
 from botocore.config import Config
-from timing import compare, emit_report
 
 from soppu.store import LocalStore, S3Store
 
