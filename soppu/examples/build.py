@@ -126,7 +126,8 @@ def _atomic_dir(final: Path) -> Iterator[Path]:
 
 
 def _bar(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False, dynamic_ncols=True)
+    # disable=None: bars only on a terminal, so logs and CI output stay readable.
+    return tqdm(total=total, desc=desc, unit="step", disable=None if enabled else True, leave=False, dynamic_ncols=True)
 
 
 def _build_base(spec: ExamplesSpec, out: Path, progress: bool) -> None:
