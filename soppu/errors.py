@@ -9,7 +9,8 @@ Every failure the core reports on purpose is a :class:`SoppuError` carrying a st
     │   ├── ObjectNotFound      code "not_found"
     │   ├── ObjectExists        code "already_exists" (a create-only put lost the race)
     │   └── StoreUnavailable    code "store_unavailable" (network, credentials, bucket)
-    └── InvalidName             code "invalid_name": a user id, adapter name or key that is not allowed
+    ├── InvalidName             code "invalid_name": a user id, adapter name or key that is not allowed
+    └── CompressionError        compression could not run (codes listed on the class)
 
 Codes never change meaning once released; new failures get new codes.
 """
@@ -22,6 +23,7 @@ from typing import Any
 __all__ = [
     "AdapterError",
     "AdapterErrorCode",
+    "CompressionError",
     "InvalidName",
     "ObjectExists",
     "ObjectNotFound",
@@ -102,3 +104,18 @@ class StoreUnavailable(StoreError):
 
 class InvalidName(SoppuError):
     code = "invalid_name"
+
+
+class CompressionError(SoppuError):
+    """Compression could not run on the given input. Codes:
+
+    ``incompatible_adapters`` (different base models or target modules in one group), ``bad_rank`` (a rank,
+    error budget or ratio that cannot be met or makes no sense), ``bad_compressed_format`` (a compressed
+    artifact that is not ours, or of an unknown format version), ``basis_mismatch`` (a core and a basis that do
+    not belong together), ``no_adapters`` (nothing to compress).
+    """
+
+    code = "compression_error"
+
+    def __init__(self, code: str, message: str, **detail: Any) -> None:
+        super().__init__(message, code=code, **detail)
