@@ -112,7 +112,7 @@ class CompressionError(SoppuError):
     ``incompatible_adapters`` (different base models or target modules in one group), ``bad_rank`` (a rank,
     error budget or ratio that cannot be met or makes no sense), ``bad_compressed_format`` (a compressed
     artifact that is not ours, or of an unknown format version), ``basis_mismatch`` (a core and a basis that do
-    not belong together), ``no_adapters`` (nothing to compress).
+    not belong together), ``no_adapters`` (nothing to compress), ``bad_clusters`` (K outside 1..N).
     """
 
     code = "compression_error"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from soppu import __version__
-from soppu.cli import examples
+from soppu.cli import compress, examples, inspect
 from soppu.errors import SoppuError
 
 __all__ = ["build_parser", "main"]
@@ -20,17 +21,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    compress.add_parsers(subparsers)
+    inspect.add_parser(subparsers)
     examples.add_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if os.environ.get("SOPPU_DEBUG"):
+        return args.handler(args)  # full tracebacks for debugging
     try:
         return args.handler(args)
     except SoppuError as e:
+        # Bad input ends with one clear line, never a traceback.
         print(f"error [{e.code}]: {e.message}", file=sys.stderr)
-        return 1
+        return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
