@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from soppu.adapter import read_adapter
+from soppu.adapter import LoraAdapter, read_adapter
 from soppu.adapter.apply import apply_adapter
 from soppu.generation import greedy_generate
 from soppu.models import load_causal_lm
@@ -42,9 +43,15 @@ def first_word(text: str) -> str:
     return match[1] if match else ""
 
 
-def check_examples(directory: Path, users: list[str] | None = None, device: str = "auto") -> list[AnswerCheck]:
+def check_examples(
+    directory: Path,
+    users: list[str] | None = None,
+    device: str = "auto",
+    adapters: Mapping[str, LoraAdapter] | None = None,
+) -> list[AnswerCheck]:
     """For every (selected) user in ``directory/users.json``, the greedy answer to each prompt from the base
-    model alone and with the user's adapter."""
+    model alone and with the user's adapter: the one on disk, or ``adapters[user_id]`` when given (e.g. the
+    PEFT form of a compressed adapter, to see whether the answers survive compression)."""
     manifest = json.loads((directory / "users.json").read_text())
     model, tokenizer = load_causal_lm(directory / manifest["base_model"], device)
 
@@ -59,7 +66,12 @@ def check_examples(directory: Path, users: list[str] | None = None, device: str 
     for user in manifest["users"]:
         if users is not None and user["user_id"] not in users:
             continue
-        adapter = read_adapter(directory / user["adapter"], expected_base_model=manifest["base_model_id"])
+        if adapters is not None:
+            if user["user_id"] not in adapters:
+                continue
+            adapter = adapters[user["user_id"]]
+        else:
+            adapter = read_adapter(directory / user["adapter"], expected_base_model=manifest["base_model_id"])
         for item in user["prompts"]:
             if item["prompt"] not in base_answers:
                 base_answers[item["prompt"]] = answer(item["prompt"])
