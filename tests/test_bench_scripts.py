@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     [
         ("store.py", ["--iterations", "1", "--size-kib", "4"]),
         ("adapter_io.py", ["--iterations", "1"]),
+        ("compression.py", ["--quick"]),
     ],
 )
 def test_bench_script_prints_a_report_with_ratios(script: str, args: list[str]) -> None:
@@ -31,4 +32,4 @@ def test_bench_script_prints_a_report_with_ratios(script: str, args: list[str]) 
 
 def test_every_bench_script_is_covered() -> None:
     scripts = {p.name for p in BENCH.glob("*.py") if not p.name.startswith("_")}
-    assert scripts == {"store.py", "adapter_io.py"}  # a new script needs a smoke test above
+    assert scripts == {"store.py", "adapter_io.py", "compression.py"}  # a new script needs a smoke test above

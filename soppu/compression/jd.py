@@ -237,6 +237,12 @@ def fit_module(
 
         basis = ModuleBasis(u, v)
         errors = relative_errors(
-            stack, basis, out_cores, mode, chunk_size=chunk_size, dtype=torch.float64 if audit else stack.dtype
+            stack,
+            basis,
+            out_cores,
+            mode,
+            chunk_size=chunk_size,
+            dtype=torch.float64 if audit else stack.dtype,
+            projection_cores=True,
         )
     return FitResult(basis, out_cores, errors, history, iterations, converged)
