@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from soppu.examples import ExamplesSpec, build_examples
 from soppu.store import LocalStore, ObjectStore, S3Store
@@ -126,3 +127,13 @@ def examples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_examples(
         ExamplesSpec(users=EXAMPLE_USERS), tmp_path_factory.mktemp("examples") / "set", cache_dir=EXAMPLES_CACHE
     )
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Run a test with one torch thread: for tiny matrices thread barriers cost more than the math, and on a busy
+    2-core machine a descheduled OpenMP thread stalls every op (runs went from 0.03 s to 8 s at random)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

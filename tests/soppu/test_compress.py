@@ -3,7 +3,7 @@ policies and their errors, compatibility checks, the fast projection path and st
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 
 import pytest
@@ -18,14 +18,8 @@ from soppu.errors import CompressionError
 BASE = "toy/base"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # These matrices are tiny: thread barriers cost more than the math, and on a busy 2-core machine a
-    # descheduled OpenMP thread stalls every op (runs went from 0.03 s to 8 s at random).
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+# These matrices are tiny: thread barriers cost more than the math (see the fixture's docstring).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 Q, V = "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"

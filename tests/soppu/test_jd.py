@@ -4,8 +4,6 @@ residual formula against the cancelling one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -29,14 +27,8 @@ from soppu.errors import CompressionError
 D_OUT, D_IN = 40, 48
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # These matrices are tiny: thread barriers cost more than the math, and on a busy 2-core machine a
-    # descheduled OpenMP thread stalls every op (runs went from 0.03 s to 8 s at random).
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+# These matrices are tiny: thread barriers cost more than the math (see the fixture's docstring).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _modules(ranks: list[int], *, seed: int = 0, d_out: int = D_OUT, d_in: int = D_IN) -> list[LoraModule]:
