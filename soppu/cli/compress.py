@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from soppu.cli.inputs import DTYPES, load_probes, read_named_adapters
+from soppu.verify.behaviour import BehaviourThresholds
 
 __all__ = ["add_parsers"]
 
@@ -45,9 +46,14 @@ def _add_behaviour_options(parser: argparse.ArgumentParser) -> None:
         "--probes", type=Path, help="probe prompts: a text file (one per line), a JSON list, or an examples users.json"
     )
     group.add_argument("--max-new-tokens", type=_positive_int, default=8, help="greedy tokens compared per probe")
-    group.add_argument("--max-kl-mean", type=float, default=0.05, help="largest mean next-token KL (nats) that passes")
-    group.add_argument("--max-kl-max", type=float, default=1.0, help="largest KL at any position (nats) that passes")
-    group.add_argument("--min-agreement", type=float, default=0.9, help="smallest greedy token agreement that passes")
+    gate = BehaviourThresholds()  # the defaults are defined (and explained) once, there
+    group.add_argument("--max-kl-mean", type=float, default=gate.max_kl_mean, help="largest mean KL (nats) that passes")
+    group.add_argument(
+        "--max-kl-max", type=float, default=gate.max_kl_max, help="largest KL at any position that passes"
+    )
+    group.add_argument(
+        "--min-agreement", type=float, default=gate.min_agreement, help="smallest token agreement passing"
+    )
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to compute")
 
 
@@ -72,6 +78,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     compress.add_argument("--clusters", type=_positive_int, default=1, help="number of clusters K (Lloyd-style)")
     compress.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="storage dtype of the artifacts")
     compress.add_argument("--seed", type=int, default=0, help="seed of the solver's initialisation")
+    compress.add_argument("--audit", action="store_true", help="recompute the reported errors in float64")
     compress.add_argument("--quiet", action="store_true", help="no progress output")
     _add_behaviour_options(compress)
     compress.set_defaults(handler=_compress)
@@ -119,7 +126,7 @@ def _behaviour(args: argparse.Namespace, compression: Any, originals: Sequence[t
         return None
     from soppu.compression.export import to_lora
     from soppu.models import load_causal_lm
-    from soppu.verify.behaviour import BehaviourThresholds, check_behaviour
+    from soppu.verify.behaviour import check_behaviour
 
     thresholds = BehaviourThresholds(args.max_kl_mean, args.max_kl_max, args.min_agreement)
     probes = load_probes(args.probes)
@@ -186,6 +193,7 @@ def _compress(args: argparse.Namespace) -> int:
         clusters=args.clusters,
         device=args.device,
         seed=args.seed,
+        audit=args.audit,
         progress=_say(args.quiet),
     )
     dtype = DTYPES[args.dtype]
