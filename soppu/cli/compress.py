@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from soppu.cli.inputs import DTYPES, load_probes, read_named_adapters
+from soppu.cli.tables import print_table
 from soppu.verify.behaviour import BehaviourThresholds
 
 __all__ = ["add_parsers"]
@@ -144,12 +145,6 @@ def _behaviour(args: argparse.Namespace, compression: Any, originals: Sequence[t
     )
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
 def _summary(compression: Any, errors: dict[str, dict[str, float]], behaviour: Any) -> None:
     header = ["adapter", "cluster", "R", "worst error", "mean error"]
     if behaviour is not None:
@@ -169,7 +164,7 @@ def _summary(compression: Any, errors: dict[str, dict[str, float]], behaviour: A
             b = behaviour.adapter(adapter.name)
             row += [f"{b.kl_mean:.4f}", f"{b.agreement:.2f}", "pass" if b.passed else "FAIL " + ",".join(b.failures)]
         rows.append(row)
-    _table(header, rows)
+    print_table(header, rows)
 
 
 def _compress(args: argparse.Namespace) -> int:

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from soppu.cli.tables import print_table
+
 __all__ = ["add_parser"]
 
 
@@ -77,9 +79,7 @@ def _check(args: argparse.Namespace) -> int:
     ]
     if results:
         print("prompts: " + " | ".join(r.prompt for r in next(iter(by_user.values()))))
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table(header, rows)
     good = sum(row[-1] == "ok" for row in rows)
     print(f"\n{good}/{len(rows)} users got their own answers to every prompt")
     return 0 if rows and good == len(rows) else 1

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from soppu.cli.tables import print_table
+
 __all__ = ["add_parser"]
 
 
@@ -32,12 +34,8 @@ def _print(info: dict, as_json: bool) -> None:
         print(f"{key:>16}: {value}")
     if modules:
         columns = sorted({column for row in modules.values() for column in row})
-        widths = [max(len("module"), *(len(m) for m in modules))] + [
-            max(len(c), *(len(str(row.get(c, ""))) for row in modules.values())) for c in columns
-        ]
         print()
-        for row in [["module", *columns], *([m, *(str(r.get(c, "")) for c in columns)] for m, r in modules.items())]:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        print_table(["module", *columns], [[m, *(row.get(c, "") for c in columns)] for m, row in modules.items()])
 
 
 def _adapter_info(path: Path) -> dict:
