@@ -10,15 +10,21 @@ form of compressed adapters, which peft and LoRAX load unchanged.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from soppu.cli.inputs import DTYPES, load_probes, read_named_adapters
 from soppu.cli.tables import print_table
 from soppu.verify.behaviour import BehaviourThresholds
+
+if TYPE_CHECKING:
+    from soppu.adapter import LoraAdapter
+    from soppu.compression import Compression
+    from soppu.verify.behaviour import BehaviourReport
 
 __all__ = ["add_parsers"]
 
@@ -121,7 +127,9 @@ def _say(quiet: bool) -> Callable[[str], None]:
     return say
 
 
-def _behaviour(args: argparse.Namespace, compression: Any, originals: Sequence[tuple[str, Any]]) -> Any:
+def _behaviour(
+    args: argparse.Namespace, compression: Compression, originals: Sequence[tuple[str, LoraAdapter]]
+) -> BehaviourReport | None:
     """The behaviour report, or None when no base model was given."""
     if args.base_model is None:
         return None
@@ -145,7 +153,7 @@ def _behaviour(args: argparse.Namespace, compression: Any, originals: Sequence[t
     )
 
 
-def _summary(compression: Any, errors: dict[str, dict[str, float]], behaviour: Any) -> None:
+def _summary(compression: Compression, errors: dict[str, dict[str, float]], behaviour: BehaviourReport | None) -> None:
     header = ["adapter", "cluster", "R", "worst error", "mean error"]
     if behaviour is not None:
         header += ["KL mean", "agreement", "behaviour"]
@@ -238,13 +246,7 @@ def _verify(args: argparse.Namespace) -> int:
         )
         return 2
     errors = {name: reconstruction_errors(compression, name, adapter) for name, adapter in named}
-    checked = type(compression)(
-        compression.mode,
-        compression.base_model,
-        compression.target_modules,
-        compression.clusters,
-        [a for a in compression.adapters if a.name in errors],
-    )
+    checked = dataclasses.replace(compression, adapters=[a for a in compression.adapters if a.name in errors])
     behaviour = _behaviour(args, checked, named)
     _summary(checked, errors, behaviour)
     too_far = [name for name, e in errors.items() if args.max_error is not None and max(e.values()) > args.max_error]
