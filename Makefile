@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOPPU := $(VENV)/bin/soppu
 TORCH_VERSION := 2.13.0
+LORAX_CLIENT_VERSION := 0.6.3
 EXAMPLES_DIR ?= .cache/examples
 # Tests and the demo share one cache of generated models (see soppu examples build --help).
 export SOPPU_CACHE_DIR ?= $(CURDIR)/.cache/soppu
@@ -16,12 +17,16 @@ DEMO_USERS ?= 20
 # The stamp is rebuilt only when pyproject.toml changes, so a repeat `make install` takes no time.
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet -e '.[test]'
+	# The official LoRAX client, which the tests drive our services with. Its metadata pins
+	# huggingface-hub<1 and an old certifi that it never imports; honouring them would downgrade
+	# transformers, so it goes in without them (its real imports are in the test extras).
+	$(PY) -m pip install --quiet --no-deps lorax-client==$(LORAX_CLIENT_VERSION)
 	touch $@
 
 test: install
