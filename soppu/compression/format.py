@@ -15,7 +15,9 @@ names or a pattern string); ``basis_id``; and ``modules`` (JSON, per module, bel
   ``{module: {"rank": R, "scaling": 1.0, "source_rank": r, "source_scaling": s, "error": e}}``. ``scaling`` is
   what serving applies to ``U S V^T``: always 1, since the LoRA scaling ``s`` is folded into ``S``;
   ``source_rank``/``source_scaling`` describe the original LoRA, ``error`` is its relative Frobenius error
-  (``null`` when unknown).
+  (``null`` when unknown). Optional ``bases``: where the bases file lies, as a ``/``-separated path relative
+  to the core file's folder (``../bases-000.safetensors`` in a compression directory); a server given only a
+  core's location finds the bases through it, and the ``basis_id`` still decides whether they pair.
 
 **Compression directory** (:func:`write_compression`)::
 
@@ -96,6 +98,7 @@ class CoreFile(NamedTuple):
     basis_id: str
     meta: ArtifactMeta
     adapter: CompressedAdapter
+    bases_ref: str | None = None  # the bases file, relative to the core's folder (metadata ``bases``)
 
 
 def bases_file_name(cluster: int) -> str:
@@ -209,10 +212,12 @@ def core_bytes(
     adapter: CompressedAdapter,
     *,
     basis_id: str | None = None,
+    bases_ref: str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> bytes:
     """The core file of ``adapter``. ``basis_id`` is its cluster's (computed when not given; pass it when
-    writing many cores of one cluster, since computing it hashes the whole bases)."""
+    writing many cores of one cluster, since computing it hashes the whole bases). ``bases_ref`` is where its
+    bases file lies relative to the core's folder (recorded as the ``bases`` metadata field)."""
     cluster = compression.clusters[adapter.cluster]
     _check_core_fits(adapter, cluster.bases, Mode(compression.mode))
     if basis_id is None:
@@ -228,6 +233,8 @@ def core_bytes(
         for module in adapter.cores
     }
     fields = {**_header(compression, "core"), "modules": modules, "basis_id": basis_id, "name": adapter.name}
+    if bases_ref is not None:
+        fields["bases"] = bases_ref
     tensors = {f"{module}.S": _stored(core, dtype) for module, core in sorted(adapter.cores.items())}
     return _serialize(tensors, _metadata(fields))
 
@@ -256,7 +263,8 @@ def write_compression(
         clusters.append({"index": index, "bases": bases_file_name(index), "basis_id": basis_ids[-1]})
     adapters = []
     for adapter in compression.adapters:
-        data = core_bytes(compression, adapter, basis_id=basis_ids[adapter.cluster], dtype=dtype)
+        bases_ref = f"../{bases_file_name(adapter.cluster)}"  # cores/<name> -> the directory's bases file
+        data = core_bytes(compression, adapter, basis_id=basis_ids[adapter.cluster], bases_ref=bases_ref, dtype=dtype)
         written.append(_write_atomic(directory / core_file_name(adapter.name), data))
         adapters.append(
             {
@@ -427,7 +435,8 @@ def read_core(data: bytes, *, bases: BasesFile | None = None, cluster: int = 0) 
             if value is not None:
                 extras[key][module] = value
     adapter = CompressedAdapter(name, cluster, cores, extras["source_rank"], extras["source_scaling"], extras["error"])
-    core = CoreFile(basis_id, meta, adapter)
+    bases_ref = metadata.get("bases")
+    core = CoreFile(basis_id, meta, adapter, bases_ref if isinstance(bases_ref, str) and bases_ref else None)
     if bases is not None:
         _check_pair(core, bases)
     return core

@@ -29,6 +29,7 @@ therefore walks :func:`user_prefixes`.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ __all__ = [
     "format_version",
     "parse_version",
     "pointer_key",
+    "relative_ref",
     "user_prefixes",
 ]
 
@@ -155,6 +157,12 @@ def pointer_key(user_id: str, adapter: str) -> str:
 
 def basis_key(cohort: str, basis_version: int) -> str:
     return f"{BASES}/{check_name(cohort, 'cohort')}/{format_version(basis_version)}/{BASES_NAME}"
+
+
+def relative_ref(from_key: str, to_key: str) -> str:
+    """``to_key`` as a path relative to ``from_key``'s folder: how a core names its bases (``../../..``), so
+    the reference survives a copy of the whole bucket under another name."""
+    return posixpath.relpath(to_key, posixpath.dirname(from_key))
 
 
 def user_prefixes(user_id: str) -> tuple[str, ...]:

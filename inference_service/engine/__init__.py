@@ -1,0 +1,47 @@
+"""The engine behind the HTTP layer, in three tiers (as vLLM splits serving):
+
+- **loader**: ``sources`` (where bytes come from: S3 as LoRAX reads it, or local paths) and ``formats`` (what
+  they mean: PEFT LoRA, or a SOPPU core on a shared cohort basis);
+- **manager**: ``cache`` (LRU with a byte budget, keyed by ETag, single-flight loads) and ``scheduler``
+  (continuous batching: requests join and leave the running batch at token boundaries);
+- **layers**: ``layers`` (per-row adapter math: gathered LoRA, shared basis + per-row core), applied by
+  ``runner`` inside a Hugging Face causal LM, with ``kv`` keeping the batch's key/value cache.
+
+No web framework here: :mod:`inference_service.app` is the HTTP layer over :class:`Engine`.
+"""
+
+from .cache import AdapterCache, CacheStats
+from .scheduler import Engine, EngineConfig, EngineInfo, EngineStats
+from .types import (
+    AdapterLoadFailed,
+    AdapterRef,
+    AdapterSourceKind,
+    EngineError,
+    FinishReason,
+    GenerationFailed,
+    GenerationParams,
+    GenerationResult,
+    Overloaded,
+    TokenInfo,
+    ValidationFailed,
+)
+
+__all__ = [
+    "AdapterCache",
+    "AdapterLoadFailed",
+    "AdapterRef",
+    "AdapterSourceKind",
+    "CacheStats",
+    "Engine",
+    "EngineConfig",
+    "EngineError",
+    "EngineInfo",
+    "EngineStats",
+    "FinishReason",
+    "GenerationFailed",
+    "GenerationParams",
+    "GenerationResult",
+    "Overloaded",
+    "TokenInfo",
+    "ValidationFailed",
+]

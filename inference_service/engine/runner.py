@@ -1,0 +1,154 @@
+"""The model runner: one Hugging Face causal LM whose linear layers apply a per-row adapter plan.
+
+The runner owns the model. It wraps every linear layer inside the decoder blocks in an
+:class:`~inference_service.engine.layers.AdapterLinear`, builds a :class:`BatchPlan` from the rows' loaded
+adapters (each distinct adapter gets a small integer slot; rows gather their slot's factors), and runs the two
+kinds of step the scheduler needs: a prefill of new prompts, and one decode token for every running row.
+Blocking torch code: the scheduler calls it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from .formats import LoadedCore, LoadedLora, ModelShapes
+from .kv import BatchKV, new_cache
+from .layers import AdapterLinear, BatchPlan, PlainGroup, PlanHolder, SharedGroup
+
+__all__ = ["Loaded", "ModelRunner"]
+
+Loaded = LoadedLora | LoadedCore | None  # None: the base model
+
+
+def _pad_rank(t: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
+    missing = rank - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t, t.new_zeros(shape)], dim=dim)
+
+
+def _slots(items: list[object]) -> tuple[list[object], list[int]]:
+    """Distinct items (by identity) in first-seen order, and each position's index into them."""
+    distinct: list[object] = []
+    seen: dict[int, int] = {}
+    slots = []
+    for item in items:
+        if id(item) not in seen:
+            seen[id(item)] = len(distinct)
+            distinct.append(item)
+        slots.append(seen[id(item)])
+    return distinct, slots
+
+
+class ModelRunner:
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.holder = PlanHolder()
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        shapes: dict[str, tuple[int, int]] = {}
+        for name, module in list(model.named_modules()):
+            # Adapters target the decoder blocks' projections (q, k, v, o, gate, up, down), as LoRAX allows.
+            if isinstance(module, nn.Linear) and ".layers." in name:
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name), child, AdapterLinear(name, module, self.holder))
+                shapes[name] = (module.out_features, module.in_features)
+        self.shapes = ModelShapes(shapes, self.device, self.dtype)
+        parameters = inspect.signature(model.forward).parameters
+        # transformers 5 renamed past_key_values to cache; support both so the GPU image's version works too.
+        self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
+        self._keep_arg = "logits_to_keep" if "logits_to_keep" in parameters else None
+
+    # --- plans -----------------------------------------------------------------------------------------
+
+    def plan(self, adapters: list[Loaded]) -> BatchPlan:
+        """Which rows apply what, per module, for a batch whose row ``i`` uses ``adapters[i]``."""
+        groups: dict[str, list[PlainGroup | SharedGroup]] = defaultdict(list)
+        n = len(adapters)
+        plain = [i for i, a in enumerate(adapters) if isinstance(a, LoadedLora)]
+        by_basis: dict[str, list[int]] = defaultdict(list)
+        for i, a in enumerate(adapters):
+            if isinstance(a, LoadedCore):
+                by_basis[a.basis.basis_id].append(i)
+        for module in self.shapes.modules:
+            rows = [i for i in plain if module in adapters[i].modules]  # type: ignore[union-attr]
+            if rows:
+                groups[module].append(self._plain_group(module, rows, adapters, n))
+            for basis_rows in by_basis.values():
+                rows = [i for i in basis_rows if module in adapters[i].cores]  # type: ignore[union-attr]
+                if rows:
+                    groups[module].append(self._shared_group(module, rows, adapters, n))
+        return BatchPlan(dict(groups))
+
+    def _rows(self, rows: list[int], n: int) -> tuple[torch.Tensor, bool]:
+        return torch.tensor(rows, device=self.device, dtype=torch.long), rows == list(range(n))
+
+    def _plain_group(self, module: str, rows: list[int], adapters: list[Loaded], n: int) -> PlainGroup:
+        distinct, slots = _slots([adapters[i] for i in rows])
+        factors = [a.modules[module] for a in distinct]  # type: ignore[union-attr]
+        rank = max(a.shape[0] for a, _ in factors)
+        a_stack = torch.stack([_pad_rank(a, rank, 0) for a, _ in factors])
+        b_stack = torch.stack([_pad_rank(b, rank, 1) for _, b in factors])
+        index = torch.tensor(slots, device=self.device)
+        row_index, all_rows = self._rows(rows, n)
+        return PlainGroup(row_index, a_stack.index_select(0, index), b_stack.index_select(0, index), all_rows)
+
+    def _shared_group(self, module: str, rows: list[int], adapters: list[Loaded], n: int) -> SharedGroup:
+        distinct, slots = _slots([adapters[i] for i in rows])
+        cores = torch.stack([a.cores[module] for a in distinct])  # type: ignore[union-attr]
+        u, v = distinct[0].basis.modules[module]  # type: ignore[union-attr]
+        row_index, all_rows = self._rows(rows, n)
+        return SharedGroup(row_index, u, v, cores.index_select(0, torch.tensor(slots, device=self.device)), all_rows)
+
+    # --- steps -----------------------------------------------------------------------------------------
+
+    def _forward(self, plan: BatchPlan, keep_all: bool = False, **inputs: torch.Tensor | object) -> torch.Tensor:
+        self.holder.plan = plan
+        try:
+            if self._keep_arg and not keep_all:
+                inputs[self._keep_arg] = 1
+            out = self.model(**inputs, use_cache=True)
+        finally:
+            self.holder.plan = BatchPlan()
+        return out.logits.float()
+
+    @torch.inference_mode()
+    def prefill(
+        self, prompts: list[list[int]], adapters: list[Loaded], *, all_logits: bool = False
+    ) -> tuple[torch.Tensor, BatchKV]:
+        """Run the prompts (left-padded into one batch). Returns logits (rows x [positions x] vocab): the last
+        position's only, or every position's with ``all_logits``; and the batch's cache."""
+        length = max(len(p) for p in prompts)
+        ids = torch.zeros((len(prompts), length), dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, length - len(prompt) :] = torch.tensor(prompt, device=self.device)
+            mask[row, length - len(prompt) :] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        cache = new_cache()
+        logits = self._forward(
+            self.plan(adapters),
+            keep_all=all_logits,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            **{self._cache_arg: cache},
+        )
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        return (logits if all_logits else logits[:, -1]), BatchKV(cache, mask, lengths)
+
+    @torch.inference_mode()
+    def decode(self, kv: BatchKV, tokens: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
+        """One token for every row: ``tokens`` (rows,) are the rows' last tokens; returns logits (rows x vocab)."""
+        mask, positions = kv.step_inputs()
+        logits = self._forward(
+            plan, input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, **{self._cache_arg: kv.cache}
+        )
+        kv.advance()
+        return logits[:, -1]

@@ -1,0 +1,54 @@
+"""Choosing the next token of one row from its logits: greedy by default, or seeded sampling with
+temperature, top-k, top-p and a repetition penalty. Pure math on one row's float32 logits."""
+
+from __future__ import annotations
+
+import torch
+
+from .types import GenerationParams
+
+__all__ = ["choose_token", "make_generator"]
+
+
+def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def _penalize(logits: torch.Tensor, previous: torch.Tensor, penalty: float) -> torch.Tensor:
+    # The CTRL paper's rule, as transformers and LoRAX apply it: shrink positive logits, grow negative ones.
+    scores = logits.gather(0, previous)
+    scores = torch.where(scores > 0, scores / penalty, scores * penalty)
+    return logits.scatter(0, previous, scores)
+
+
+def _filter(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    if top_k is not None and top_k < logits.shape[0]:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(0).cumsum(0)
+        drop = cumulative - sorted_logits.softmax(0) >= top_p  # keep the smallest prefix reaching top_p
+        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+    return logits
+
+
+def choose_token(
+    logits: torch.Tensor, params: GenerationParams, previous: torch.Tensor, generator: torch.Generator | None
+) -> tuple[int, float]:
+    """(token id, its log-probability under the model's unmodified distribution)."""
+    logits = logits.float()
+    logprobs = logits.log_softmax(0)
+    scores = logits
+    if params.repetition_penalty not in (None, 1.0) and previous.numel():
+        scores = _penalize(scores, previous, float(params.repetition_penalty))
+    if params.do_sample:
+        if params.temperature not in (None, 1.0):
+            scores = scores / float(params.temperature)
+        scores = _filter(scores, params.top_k, params.top_p)
+        token = int(torch.multinomial(scores.softmax(0), 1, generator=generator))
+    else:
+        token = int(scores.argmax())
+    return token, float(logprobs[token])

@@ -1,0 +1,293 @@
+"""The engine: continuous batching of concurrent requests, each with its own adapter (or none).
+
+A request is validated, its adapter is fetched through the cache (errors surface before any token), and it
+waits in a bounded queue. One loop owns the model: at every token boundary it admits waiting requests (a
+prefill of their prompts, which yields their first token) into the running batch, or advances every running
+row by one token in a single forward pass. Finished and cancelled rows leave between steps. Tokens reach each
+request's async iterator as soon as they are chosen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from soppu.models import load_causal_lm
+
+from .cache import AdapterCache
+from .kv import BatchKV
+from .layers import BatchPlan
+from .runner import Loaded, ModelRunner
+from .sampling import choose_token, make_generator
+from .text import TextStream
+from .types import (
+    AdapterRef,
+    EngineError,
+    FinishReason,
+    GenerationFailed,
+    GenerationParams,
+    GenerationResult,
+    Overloaded,
+    TokenInfo,
+    ValidationFailed,
+)
+
+__all__ = ["Engine", "EngineConfig", "EngineInfo", "EngineStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_path: Path
+    device: str = "auto"
+    max_batch_size: int = 32
+    max_queue: int = 256
+    adapter_cache_bytes: int = 1 << 30
+    max_input_length: int = 1024
+    max_total_tokens: int = 2048
+    model_id: str | None = None
+    adapter_revalidate_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    model_id: str
+    model_dtype: str
+    device_type: str
+    max_input_length: int
+    max_total_tokens: int
+    max_batch_size: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    queue_length: int
+    batch_size: int
+    cached_adapters: int
+    cache_bytes: int
+    adapter_downloads: int
+
+
+Item = TokenInfo | GenerationResult | EngineError
+
+
+@dataclass(eq=False)
+class _Sequence:
+    prompt: list[int]
+    params: GenerationParams
+    adapter: Loaded
+    text: TextStream
+    seed: int | None
+    generator: torch.Generator | None
+    out: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
+    generated: list[int] = field(default_factory=list)
+    cancelled: bool = False
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        model, self.tokenizer = load_causal_lm(config.model_path, config.device)
+        self.runner = ModelRunner(model)
+        self.cache = AdapterCache(
+            self.runner.shapes, budget_bytes=config.adapter_cache_bytes, revalidate_s=config.adapter_revalidate_s
+        )
+        self._special = set(self.tokenizer.all_special_ids)
+        self._eos = self.tokenizer.eos_token_id
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []
+        self._kv: BatchKV | None = None
+        self._plan = BatchPlan()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- public surface --------------------------------------------------------------------------------
+
+    @property
+    def info(self) -> EngineInfo:
+        c = self.config
+        return EngineInfo(
+            model_id=c.model_id or Path(c.model_path).name,
+            model_dtype=str(self.runner.dtype).removeprefix("torch."),
+            device_type=self.runner.device.type,
+            max_input_length=c.max_input_length,
+            max_total_tokens=c.max_total_tokens,
+            max_batch_size=c.max_batch_size,
+        )
+
+    @property
+    def stats(self) -> EngineStats:
+        cache = self.cache.stats
+        return EngineStats(len(self._waiting), len(self._running), cache.entries, cache.bytes, cache.downloads)
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(), name="engine-batching-loop")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for seq in [*self._waiting, *self._running]:
+            seq.out.put_nowait(EngineError("the engine is shutting down"))
+        self._waiting.clear()
+        self._running.clear()
+        self._kv = None
+
+    async def generate(
+        self, prompt: str, params: GenerationParams, adapter: AdapterRef | None = None
+    ) -> AsyncIterator[TokenInfo | GenerationResult]:
+        """Yield each generated token, then the result. Errors before the first token raise on first ``anext``."""
+        ids = self._validate(prompt, params)
+        if len(self._waiting) >= self.config.max_queue:
+            raise Overloaded(f"the queue is full ({self.config.max_queue} requests waiting)")
+        loaded = await self.cache.get(adapter) if adapter is not None else None
+        seed = params.seed if params.seed is not None else (random.getrandbits(63) if params.do_sample else None)
+        generator = make_generator(seed, torch.device("cpu")) if seed is not None else None
+        seq = _Sequence(ids, params, loaded, TextStream(self.tokenizer, params.stop), seed, generator)
+        self._waiting.append(seq)
+        self._wake.set()
+        try:
+            while True:
+                item = await seq.out.get()
+                if isinstance(item, EngineError):
+                    raise item
+                yield item
+                if isinstance(item, GenerationResult):
+                    return
+        finally:
+            seq.cancelled = True  # a client that went away frees its row at the next token boundary
+
+    # --- validation ------------------------------------------------------------------------------------
+
+    def _validate(self, prompt: str, params: GenerationParams) -> list[int]:
+        c = self.config
+        ids = self.tokenizer(prompt)["input_ids"]
+        if not ids:
+            raise ValidationFailed("inputs must not be empty")
+        if len(ids) > c.max_input_length:
+            raise ValidationFailed(f"inputs has {len(ids)} tokens, more than max_input_length {c.max_input_length}")
+        if params.max_new_tokens < 1:
+            raise ValidationFailed("max_new_tokens must be at least 1")
+        if len(ids) + params.max_new_tokens > c.max_total_tokens:
+            raise ValidationFailed(
+                f"inputs tokens + max_new_tokens must be <= {c.max_total_tokens}; "
+                f"given {len(ids)} inputs tokens and {params.max_new_tokens} max_new_tokens"
+            )
+        return ids
+
+    # --- the batching loop -----------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            self._drop_cancelled()
+            if not self._waiting and not self._running:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                if self._waiting and len(self._running) < self.config.max_batch_size:
+                    await self._admit()
+                else:
+                    await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a failed forward pass fails its rows, never the loop
+                log.exception("generation step failed")
+                self._fail_running(GenerationFailed(f"generation failed: {type(e).__name__}: {e}"))
+
+    def _drop_cancelled(self) -> None:
+        self._waiting = deque(s for s in self._waiting if not s.cancelled)
+        if any(s.cancelled for s in self._running):
+            self._keep([i for i, s in enumerate(self._running) if not s.cancelled])
+
+    async def _admit(self) -> None:
+        room = self.config.max_batch_size - len(self._running)
+        new = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+        details = any(s.params.decoder_input_details for s in new)
+        try:
+            logits, kv = await asyncio.to_thread(
+                self.runner.prefill, [s.prompt for s in new], [s.adapter for s in new], all_logits=details
+            )
+        except Exception as e:
+            log.exception("prefill failed")
+            for seq in new:
+                seq.out.put_nowait(GenerationFailed(f"prefill failed: {type(e).__name__}: {e}"))
+            return
+        prefill = [self._prefill_details(s, logits[i]) if details else [] for i, s in enumerate(new)]
+        last = logits[:, -1] if details else logits
+        self._kv = kv if self._kv is None else self._kv.merge(kv)
+        first = len(self._running)
+        self._running.extend(new)
+        self._plan = self.runner.plan([s.adapter for s in self._running])
+        self._emit(last, range(first, len(self._running)), prefill)
+
+    async def _step(self) -> None:
+        assert self._kv is not None
+        tokens = torch.tensor([s.generated[-1] for s in self._running], device=self.runner.device)
+        logits = await asyncio.to_thread(self.runner.decode, self._kv, tokens, self._plan)
+        self._emit(logits, range(len(self._running)))
+
+    def _emit(self, logits: torch.Tensor, rows: range, prefill: list[list[TokenInfo]] | None = None) -> None:
+        finished = set()
+        for offset, row in enumerate(rows):
+            seq = self._running[row]
+            previous = torch.tensor(seq.prompt + seq.generated, dtype=torch.long)
+            token, logprob = choose_token(logits[offset].cpu(), seq.params, previous, seq.generator)
+            seq.generated.append(token)
+            text = seq.text.push(token)
+            seq.out.put_nowait(TokenInfo(token, text, logprob, token in self._special))
+            reason = self._finish_reason(seq, token)
+            if reason is not None:
+                seq.out.put_nowait(self._result(seq, reason, prefill[offset] if prefill else []))
+                finished.add(row)
+        if finished:
+            self._keep([i for i in range(len(self._running)) if i not in finished])
+
+    def _finish_reason(self, seq: _Sequence, token: int) -> FinishReason | None:
+        if token == self._eos and not seq.params.ignore_eos_token:
+            return "eos_token"
+        if seq.text.stopped:
+            return "stop_sequence"
+        if len(seq.generated) >= seq.params.max_new_tokens:
+            return "length"
+        return None
+
+    def _result(self, seq: _Sequence, reason: FinishReason, prefill: list[TokenInfo]) -> GenerationResult:
+        return GenerationResult(seq.text.text, reason, len(seq.prompt), len(seq.generated), seq.seed, prefill)
+
+    def _prefill_details(self, seq: _Sequence, logits: torch.Tensor) -> list[TokenInfo]:
+        # Left padding: the prompt's positions are the last len(prompt) of the row.
+        logprobs = logits[-len(seq.prompt) :].log_softmax(-1)
+        tokens = [TokenInfo(seq.prompt[0], self.tokenizer.decode([seq.prompt[0]]), None)]
+        for i, token in enumerate(seq.prompt[1:]):
+            tokens.append(TokenInfo(token, self.tokenizer.decode([token]), float(logprobs[i, token])))
+        return tokens
+
+    def _keep(self, rows: list[int]) -> None:
+        self._running = [self._running[i] for i in rows]
+        if not rows:
+            self._kv, self._plan = None, BatchPlan()
+            return
+        assert self._kv is not None
+        self._kv = self._kv.select(torch.tensor(rows, device=self.runner.device))
+        self._plan = self.runner.plan([s.adapter for s in self._running])
+
+    def _fail_running(self, error: EngineError) -> None:
+        for seq in self._running:
+            seq.out.put_nowait(error)
+        self._running, self._kv, self._plan = [], None, BatchPlan()
+
+    def __repr__(self) -> str:
+        info: Any = self.info
+        return f"Engine(model_id={info.model_id!r}, device={info.device_type})"

@@ -1,0 +1,111 @@
+"""What goes into the engine and what comes out: generation parameters, adapter references, streamed
+tokens, the final result, and the engine's error tree.
+
+Error tree (``status`` is the HTTP status LoRAX answers with, ``error_type`` its ``error_type`` field)::
+
+    EngineError                     500 incomplete_generation
+    ├── ValidationFailed            422 validation      bad parameters or prompt
+    ├── AdapterLoadFailed           424 generation      adapter missing, unreadable or not for this model
+    ├── Overloaded                  429 overloaded      queue full
+    └── GenerationFailed            424 generation      the forward pass failed mid-generation
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+__all__ = [
+    "AdapterLoadFailed",
+    "AdapterRef",
+    "AdapterSourceKind",
+    "EngineError",
+    "FinishReason",
+    "GenerationFailed",
+    "GenerationParams",
+    "GenerationResult",
+    "Overloaded",
+    "TokenInfo",
+    "ValidationFailed",
+]
+
+FinishReason = Literal["length", "eos_token", "stop_sequence"]
+
+
+class AdapterSourceKind(StrEnum):
+    S3 = "s3"  # adapter_id = s3://bucket/key-prefix (endpoint and credentials from S3_ENDPOINT_URL / AWS_*)
+    LOCAL = "local"  # adapter_id = a directory (PEFT files or core.safetensors) or a core file
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterRef:
+    """Where an adapter's bytes come from. ``None`` in place of a ref means the base model."""
+
+    source: AdapterSourceKind
+    adapter_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """Validated sampling and stopping parameters (the HTTP layer maps LoRAX's names onto these)."""
+
+    max_new_tokens: int = 20
+    do_sample: bool = False
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos_token: bool = False
+    decoder_input_details: bool = False  # also return the prompt tokens with their logprobs
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    id: int
+    text: str
+    logprob: float | None  # None only for the first prompt token in ``prefill``
+    special: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    """The last item a generation yields, after every TokenInfo."""
+
+    generated_text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    generated_tokens: int
+    seed: int | None
+    prefill: list[TokenInfo] = field(default_factory=list)  # filled when decoder_input_details was asked
+
+
+class EngineError(Exception):
+    status: int = 500
+    error_type: str = "incomplete_generation"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationFailed(EngineError):
+    status = 422
+    error_type = "validation"
+
+
+class AdapterLoadFailed(EngineError):
+    status = 424
+    error_type = "generation"
+
+
+class Overloaded(EngineError):
+    status = 429
+    error_type = "overloaded"
+
+
+class GenerationFailed(EngineError):
+    status = 424
+    error_type = "generation"
