@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("store.py", ["--iterations", "1", "--size-kib", "4"]),
         ("adapter_io.py", ["--iterations", "1"]),
         ("compression.py", ["--quick"]),
+        ("engine.py", ["--quick"]),
     ],
 )
 def test_bench_script_prints_a_report_with_ratios(script: str, args: list[str]) -> None:
@@ -32,4 +33,4 @@ def test_bench_script_prints_a_report_with_ratios(script: str, args: list[str]) 
 
 def test_every_bench_script_is_covered() -> None:
     scripts = {p.name for p in BENCH.glob("*.py") if not p.name.startswith("_")}
-    assert scripts == {"store.py", "adapter_io.py", "compression.py"}  # a new script needs a smoke test above
+    assert scripts == {"store.py", "adapter_io.py", "compression.py", "engine.py"}  # a new script needs a smoke test above

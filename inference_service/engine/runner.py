@@ -62,7 +62,7 @@ class ModelRunner:
         self.shapes = ModelShapes(shapes, self.device, self.dtype)
         parameters = inspect.signature(model.forward).parameters
         # transformers 5 renamed past_key_values to cache; support both so the GPU image's version works too.
-        self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
+        self.cache_arg = "cache" if "cache" in parameters else "past_key_values"
         self._keep_arg = "logits_to_keep" if "logits_to_keep" in parameters else None
 
     # --- plans -----------------------------------------------------------------------------------------
@@ -108,7 +108,9 @@ class ModelRunner:
 
     # --- steps -----------------------------------------------------------------------------------------
 
-    def _forward(self, plan: BatchPlan, keep_all: bool = False, **inputs: torch.Tensor | object) -> torch.Tensor:
+    def forward(self, plan: BatchPlan, keep_all: bool = False, **inputs: torch.Tensor | object) -> torch.Tensor:
+        """The model's float32 logits for ``inputs`` with ``plan`` applied (the last position's unless
+        ``keep_all``); the cache passed in ``inputs`` (under :attr:`cache_arg`) is extended in place."""
         self.holder.plan = plan
         try:
             if self._keep_arg and not keep_all:
@@ -132,13 +134,13 @@ class ModelRunner:
             mask[row, length - len(prompt) :] = 1
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = new_cache()
-        logits = self._forward(
+        logits = self.forward(
             self.plan(adapters),
             keep_all=all_logits,
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            **{self._cache_arg: cache},
+            **{self.cache_arg: cache},
         )
         lengths = torch.tensor([len(p) for p in prompts], device=self.device)
         return (logits if all_logits else logits[:, -1]), BatchKV(cache, mask, lengths)
@@ -147,8 +149,8 @@ class ModelRunner:
     def decode(self, kv: BatchKV, tokens: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
         """One token for every row: ``tokens`` (rows,) are the rows' last tokens; returns logits (rows x vocab)."""
         mask, positions = kv.step_inputs()
-        logits = self._forward(
-            plan, input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, **{self._cache_arg: kv.cache}
+        logits = self.forward(
+            plan, input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, **{self.cache_arg: kv.cache}
         )
         kv.advance()
         return logits[:, -1]
