@@ -1,5 +1,18 @@
-"""Our LoRAX-compatible inference engine (FastAPI, port 8082): the embedded default backend, serving plain
-and compressed adapters with batching across users.
+"""SOPPU's LoRAX-compatible inference engine (FastAPI, port 8082): one base model serving a LoRA adapter per
+request, batched across users.
 
-Not built yet: it lands with the engine issue.
+Where a request goes, in one read::
+
+    routes/lorax.py | routes/openai.py        parse the body into a schemas/ model (422 on bad shapes)
+      -> params.py                             LoRAX / OpenAI parameters -> GenerationParams + AdapterRef
+      -> generation.begin()                    engine.generate(...), first item awaited before responding,
+                                               so errors found up front get their status (422/424/429)
+      -> GenerateResponse | sse.EventStreamResponse (one ``data:`` event per token; errors mid-stream
+                                               become an ``{"error", "error_type"}`` event on the 200)
+
+``app.create_app()`` wires it: settings (``settings.py``), the engine built in the lifespan, LoRAX-shaped
+error bodies, metrics (``metrics.py``). The engine itself (batching, adapter cache, layers) is ``engine/``.
+Run it with ``python -m inference_service --help``.
 """
+
+__all__: list[str] = []

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from processes import start_service
 
 from soppu.examples import ExamplesSpec, build_examples
 from soppu.store import LocalStore, ObjectStore, S3Store
@@ -31,12 +27,6 @@ EXAMPLES_CACHE = Path(os.environ.get("SOPPU_CACHE_DIR", REPO_ROOT / ".cache" / "
 EXAMPLE_USERS = 4
 _MOTO_START_TIMEOUT_S = 30.0
 _CREDENTIALS = {"access_key": "testing", "secret_key": "testing", "region": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _moto_command(port: int) -> list[str]:
@@ -50,56 +40,15 @@ def _moto_command(port: int) -> list[str]:
     return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
 
 
-def _answers_http(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except urllib.error.HTTPError:
-        return True  # any HTTP status means the server is up
-    except OSError:
-        return False
-
-
-def _start_moto(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    # The free port is only free until someone else takes it; on a lost race, try another.
-    for _ in range(3):
-        port = _free_port()
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                _moto_command(port),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        endpoint = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + _MOTO_START_TIMEOUT_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _answers_http(endpoint + "/moto-api/"):
-                return proc, endpoint
-            time.sleep(0.1)
-        _stop(proc)
-    raise RuntimeError(f"moto_server did not start; see {log}:\n{log.read_text(errors='replace')[-2000:]}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The endpoint URL of a moto S3 server running as a separate process for the whole session."""
     log = tmp_path_factory.mktemp("moto") / "moto_server.log"
-    proc, endpoint = _start_moto(log)
+    service = start_service(_moto_command, log=log, ready_path="/moto-api/", timeout_s=_MOTO_START_TIMEOUT_S)
     try:
-        yield endpoint
+        yield service.url
     finally:
-        _stop(proc)
+        service.stop()
 
 
 @pytest.fixture

@@ -33,4 +33,9 @@ def test_bench_script_prints_a_report_with_ratios(script: str, args: list[str]) 
 
 def test_every_bench_script_is_covered() -> None:
     scripts = {p.name for p in BENCH.glob("*.py") if not p.name.startswith("_")}
-    assert scripts == {"store.py", "adapter_io.py", "compression.py", "engine.py"}  # a new script needs a smoke test above
+    assert scripts == {
+        "store.py",
+        "adapter_io.py",
+        "compression.py",
+        "engine.py",
+    }  # a new script needs a smoke test above

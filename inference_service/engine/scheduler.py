@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ class EngineInfo:
     max_input_length: int
     max_total_tokens: int
     max_batch_size: int
+    max_queue: int
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class _Sequence:
     generator: torch.Generator | None
     out: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
     generated: list[int] = field(default_factory=list)
+    prefill: list[TokenInfo] = field(default_factory=list)
+    accepted_at: float = field(default_factory=time.perf_counter)
+    admitted_at: float = 0.0
     cancelled: bool = False
 
 
@@ -122,7 +127,13 @@ class Engine:
             max_input_length=c.max_input_length,
             max_total_tokens=c.max_total_tokens,
             max_batch_size=c.max_batch_size,
+            max_queue=c.max_queue,
         )
+
+    @property
+    def healthy(self) -> bool:
+        """True while the batching loop runs (it never ends on its own; if it died, nothing is served)."""
+        return self._task is not None and not self._task.done()
 
     @property
     def stats(self) -> EngineStats:
@@ -146,7 +157,7 @@ class Engine:
 
     async def generate(
         self, prompt: str, params: GenerationParams, adapter: AdapterRef | None = None
-    ) -> AsyncIterator[TokenInfo | GenerationResult]:
+    ) -> AsyncGenerator[TokenInfo | GenerationResult, None]:
         """Yield each generated token, then the result. Errors before the first token raise on first ``anext``."""
         ids = self._validate(prompt, params)
         if len(self._waiting) >= self.config.max_queue:
@@ -224,13 +235,17 @@ class Engine:
             for seq in new:
                 seq.out.put_nowait(GenerationFailed(f"prefill failed: {type(e).__name__}: {e}"))
             return
-        prefill = [self._prefill_details(s, logits[i]) if details else [] for i, s in enumerate(new)]
+        now = time.perf_counter()
+        for i, seq in enumerate(new):
+            seq.admitted_at = now
+            if seq.params.decoder_input_details:
+                seq.prefill = self._prefill_details(seq, logits[i])
         last = logits[:, -1] if details else logits
         self._kv = kv if self._kv is None else self._kv.merge(kv)
         first = len(self._running)
         self._running.extend(new)
         self._plan = self.runner.plan([s.adapter for s in self._running])
-        self._emit(last, range(first, len(self._running)), prefill)
+        self._emit(last, range(first, len(self._running)))
 
     async def _step(self) -> None:
         assert self._kv is not None
@@ -238,7 +253,7 @@ class Engine:
         logits = await asyncio.to_thread(self.runner.decode, self._kv, tokens, self._plan)
         self._emit(logits, range(len(self._running)))
 
-    def _emit(self, logits: torch.Tensor, rows: range, prefill: list[list[TokenInfo]] | None = None) -> None:
+    def _emit(self, logits: torch.Tensor, rows: range) -> None:
         finished = set()
         for offset, row in enumerate(rows):
             seq = self._running[row]
@@ -246,10 +261,10 @@ class Engine:
             token, logprob = choose_token(logits[offset].cpu(), seq.params, previous, seq.generator)
             seq.generated.append(token)
             text = seq.text.push(token)
-            seq.out.put_nowait(TokenInfo(token, text, logprob, token in self._special))
             reason = self._finish_reason(seq, token)
+            seq.out.put_nowait(TokenInfo(token, text, logprob, token in self._special, final=reason is not None))
             if reason is not None:
-                seq.out.put_nowait(self._result(seq, reason, prefill[offset] if prefill else []))
+                seq.out.put_nowait(self._result(seq, reason))
                 finished.add(row)
         if finished:
             self._keep([i for i in range(len(self._running)) if i not in finished])
@@ -263,8 +278,11 @@ class Engine:
             return "length"
         return None
 
-    def _result(self, seq: _Sequence, reason: FinishReason, prefill: list[TokenInfo]) -> GenerationResult:
-        return GenerationResult(seq.text.text, reason, len(seq.prompt), len(seq.generated), seq.seed, prefill)
+    def _result(self, seq: _Sequence, reason: FinishReason) -> GenerationResult:
+        queue_s, inference_s = seq.admitted_at - seq.accepted_at, time.perf_counter() - seq.admitted_at
+        return GenerationResult(
+            seq.text.text, reason, len(seq.prompt), len(seq.generated), seq.seed, seq.prefill, queue_s, inference_s
+        )
 
     def _prefill_details(self, seq: _Sequence, logits: torch.Tensor) -> list[TokenInfo]:
         # Left padding: the prompt's positions are the last len(prompt) of the row.

@@ -68,6 +68,7 @@ class TokenInfo:
     text: str
     logprob: float | None  # None only for the first prompt token in ``prefill``
     special: bool = False
+    final: bool = False  # the generation's last token: its GenerationResult follows at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,8 @@ class GenerationResult:
     generated_tokens: int
     seed: int | None
     prefill: list[TokenInfo] = field(default_factory=list)  # filled when decoder_input_details was asked
+    queue_s: float = 0.0  # from acceptance to the prefill that admitted it into the batch
+    inference_s: float = 0.0  # from that prefill to the last token
 
 
 class EngineError(Exception):

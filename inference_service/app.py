@@ -1,0 +1,103 @@
+"""``create_app()``: the FastAPI app over one :class:`Engine`. Nothing is built at import time; the lifespan
+loads the model, starts the engine's batching loop and stops it on shutdown.
+
+Every error answers with LoRAX's body ``{"error": str, "error_type": str}`` and LoRAX's status codes:
+422 ``validation`` (our checks and FastAPI's request validation alike), 424 ``generation``, 429 ``overloaded``,
+500 ``incomplete_generation``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from .engine import Engine, EngineConfig, EngineError
+from .metrics import ServiceMetrics
+from .routes import lorax, openai, ops
+from .settings import EngineSettings, get_settings
+
+__all__ = ["create_app"]
+
+
+def _engine_config(settings: EngineSettings) -> EngineConfig:
+    return EngineConfig(
+        model_path=settings.model,
+        device=settings.device,
+        max_batch_size=settings.max_batch_size,
+        max_queue=settings.max_queue,
+        adapter_cache_bytes=settings.adapter_cache_bytes,
+        max_input_length=settings.max_input_length,
+        max_total_tokens=settings.max_total_tokens,
+        model_id=settings.model_id,
+    )
+
+
+def _error(status: int, message: str, error_type: str) -> JSONResponse:
+    return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
+
+
+async def _on_engine_error(_: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, EngineError)
+    return _error(e.status, e.message, e.error_type)
+
+
+async def _on_request_invalid(_: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, RequestValidationError)
+    # "parameters.top_k: Input should be greater than 0 (got 0)": the field path without the leading "body"
+    problems = []
+    for err in e.errors():
+        where = ".".join(str(part) for part in err["loc"] if part != "body")
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict | list) else ""
+        problems.append(f"{where}: {err['msg']}{got}")
+    return _error(422, "; ".join(problems), "validation")
+
+
+async def _on_http_error(_: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, HTTPException)
+    return _error(e.status_code, str(e.detail), "http")
+
+
+async def _on_unexpected(_: Request, e: Exception) -> JSONResponse:
+    # Not logged here: Starlette re-raises after this answer, and the server logs the traceback.
+    return _error(500, f"{type(e).__name__}: {e}", EngineError.error_type)
+
+
+def create_app(settings: EngineSettings | None = None, engine: Engine | None = None) -> FastAPI:
+    """The app for ``settings`` (default: the environment's). Pass ``engine`` to serve one built elsewhere
+    (tests); the app still starts and stops it."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        running = engine or await asyncio.to_thread(Engine, _engine_config(settings))
+        await running.start()
+        app.state.engine = running
+        try:
+            yield
+        finally:
+            app.state.engine = None
+            await running.stop()
+
+    app = FastAPI(
+        title="SOPPU inference engine",
+        summary="LoRAX-compatible generation with one LoRA adapter per request, batched across adapters",
+        version=version("soppu"),  # not soppu.__version__: under pytest, tests/soppu can shadow the package
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = None
+    app.state.metrics = ServiceMetrics(lambda: app.state.engine.stats if app.state.engine else None)
+    app.add_exception_handler(EngineError, _on_engine_error)
+    app.add_exception_handler(RequestValidationError, _on_request_invalid)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+    for module in (lorax, openai, ops):
+        app.include_router(module.router)
+    return app

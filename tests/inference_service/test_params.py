@@ -1,0 +1,42 @@
+"""Mapping client parameters onto the engine's: the sampling rule (LoRAX's), defaults, and OpenAI's ``model``."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference_service.engine import AdapterRef, AdapterSourceKind, ValidationFailed
+from inference_service.params import adapter_ref, chat_parameters, completion_parameters, generation_params
+from inference_service.schemas import ChatCompletionRequest, CompletionRequest, GenerateParameters
+from inference_service.settings import EngineSettings
+
+SETTINGS = EngineSettings(default_max_new_tokens=20, max_new_tokens_cap=64)
+
+
+def _params(**values: object) -> tuple[bool, float | None]:
+    p = generation_params(GenerateParameters(**values), SETTINGS)  # type: ignore[arg-type]
+    return p.do_sample, p.temperature
+
+
+def test_sampling_follows_lorax() -> None:
+    assert _params() == (False, None)
+    assert _params(temperature=0.7) == (True, 0.7)  # a sampling knob switches sampling on
+    assert _params(temperature=0, top_k=5) == (False, None)  # temperature 0 means greedy
+    assert _params(top_p=1.0) == (False, None)  # a no-op knob does not
+    assert generation_params(GenerateParameters(), SETTINGS).max_new_tokens == 20
+    chat = ChatCompletionRequest(model="default", messages=[{"role": "user", "content": "hi"}])  # type: ignore[list-item]
+    assert generation_params(chat_parameters(chat, "base"), SETTINGS).do_sample  # chat samples by default
+    done = CompletionRequest(model="default", prompt="hi")
+    assert not generation_params(completion_parameters(done, "base"), SETTINGS).do_sample
+
+
+def test_openai_model_names_the_adapter() -> None:
+    def ref(model: str) -> AdapterRef | None:
+        return adapter_ref(completion_parameters(CompletionRequest(model=model, prompt="x"), "base"))
+
+    assert ref("base") is None and ref("default") is None
+    assert ref("s3://bucket/users/u/v00000001") == AdapterRef(AdapterSourceKind.S3, "s3://bucket/users/u/v00000001")
+    assert ref("/adapters/u") == AdapterRef(AdapterSourceKind.LOCAL, "/adapters/u")
+    with pytest.raises(ValidationFailed, match="names no adapter"):
+        ref("some-hub/adapter")
+    with pytest.raises(ValidationFailed, match="stop"):
+        completion_parameters(CompletionRequest(model="base", prompt="x", stop=["a"] * 5), "base")
