@@ -11,6 +11,11 @@ key                                                          what
 ``bases/{cohort}/{basis}/bases.safetensors``                   a cohort's shared bases (U, V per module)
 ``manifests/{user}/{adapter}/{version}.json``                  what one version is made of (keys, basis, report)
 ``pointers/{user}/{adapter}/current.json``                     the current version; written last, so it switches
+``jobs/{user}/{adapter}/{version}.json``                       the compression job of one upload (state, report)
+``idempotency/{user}/{digest}.json``                           an upload's Idempotency-Key -> its job
+``cohorts/{cohort}/state.json``                                a cohort's members, current basis, refit flag
+``keys/{key_id}.json``                                         an API key record (role, user, SHA-256 of the secret)
+``key-index/{user}/{key_id}``                                  a user's keys, so deleting the user revokes them
 ===========================================================  =====================================================
 
 ``{version}`` and ``{basis}`` are ``v`` plus 8 digits (``v00000001``). Two rules hold for every key LoRAX reads
@@ -29,6 +34,7 @@ therefore walks :func:`user_prefixes`.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
 from dataclasses import dataclass
@@ -39,6 +45,12 @@ from soppu.errors import InvalidName
 __all__ = [
     "LAYOUT",
     "AdapterVersion",
+    "adapter_prefixes",
+    "cohort_state_key",
+    "idempotency_key",
+    "key_index_key",
+    "key_index_prefix",
+    "key_record_key",
     "basis_key",
     "check_name",
     "format_version",
@@ -57,6 +69,11 @@ POINTERS = "pointers"
 CORE_NAME = "core.safetensors"
 BASES_NAME = "bases.safetensors"
 POINTER_NAME = "current.json"
+JOBS = "jobs"
+IDEMPOTENCY = "idempotency"
+COHORTS = "cohorts"
+KEYS = "keys"
+KEY_INDEX = "key-index"
 
 # Every key template, for documentation and the test that keeps the README in step with this module.
 LAYOUT: tuple[str, ...] = (
@@ -68,6 +85,11 @@ LAYOUT: tuple[str, ...] = (
     f"{BASES}/{{cohort}}/{{basis}}/{BASES_NAME}",
     f"{MANIFESTS}/{{user}}/{{adapter}}/{{version}}.json",
     f"{POINTERS}/{{user}}/{{adapter}}/{POINTER_NAME}",
+    f"{JOBS}/{{user}}/{{adapter}}/{{version}}.json",
+    f"{IDEMPOTENCY}/{{user}}/{{digest}}.json",
+    f"{COHORTS}/{{cohort}}/state.json",
+    f"{KEYS}/{{key_id}}.json",
+    f"{KEY_INDEX}/{{user}}/{{key_id}}",
 )
 
 # User ids, adapter names and cohort names: a letter or digit first (so never "." or ".."), then a small
@@ -138,6 +160,27 @@ class AdapterVersion:
     def pointer_key(self) -> str:
         return pointer_key(self.user_id, self.adapter)
 
+    @property
+    def job_key(self) -> str:
+        return f"{JOBS}/{self._path}.json"
+
+    @property
+    def job_id(self) -> str:
+        """The public id of this version's job: ``user~adapter~v00000001`` (``~`` is in no name)."""
+        return f"{self.user_id}~{self.adapter}~{format_version(self.version)}"
+
+    @property
+    def core_prefix(self) -> str:
+        """The prefix our engine is given for the compressed form (``adapter_source=s3``)."""
+        return f"{CORES}/{self._path}"
+
+    @classmethod
+    def from_job_id(cls, job_id: str) -> AdapterVersion:
+        parts = job_id.split("~")
+        if len(parts) != 3:
+            raise InvalidName(f"invalid job id {job_id!r}", field="job_id")
+        return cls(parts[0], parts[1], parse_version(parts[2]))
+
     def original_keys(self) -> tuple[str, str]:
         """(config key, weights key) of the original upload."""
         return f"{self.original_prefix}/{CONFIG_NAME}", f"{self.original_prefix}/{WEIGHTS_NAME}"
@@ -165,7 +208,37 @@ def relative_ref(from_key: str, to_key: str) -> str:
     return posixpath.relpath(to_key, posixpath.dirname(from_key))
 
 
-def user_prefixes(user_id: str) -> tuple[str, ...]:
-    """Every prefix that holds data of ``user_id`` (with the trailing slash, so ``u1`` never matches ``u10``)."""
+def adapter_prefixes(user_id: str, adapter: str) -> tuple[str, ...]:
+    """Every prefix that holds data of one adapter of ``user_id`` (each ends in ``/``)."""
     check_name(user_id, "user_id")
-    return tuple(f"{kind}/{user_id}/" for kind in (ORIGINALS, EXPORTS, CORES, MANIFESTS, POINTERS))
+    check_name(adapter, "adapter name")
+    return tuple(f"{kind}/{user_id}/{adapter}/" for kind in (ORIGINALS, EXPORTS, CORES, MANIFESTS, POINTERS, JOBS))
+
+
+def user_prefixes(user_id: str) -> tuple[str, ...]:
+    """Every prefix that holds data of ``user_id`` (with the trailing slash, so ``u1`` never matches ``u10``).
+    Key records live outside them (``keys/``) and are removed through the user's ``key-index/`` entries."""
+    check_name(user_id, "user_id")
+    kinds = (ORIGINALS, EXPORTS, CORES, MANIFESTS, POINTERS, JOBS, IDEMPOTENCY, KEY_INDEX)
+    return tuple(f"{kind}/{user_id}/" for kind in kinds)
+
+
+def idempotency_key(user_id: str, idempotency: str) -> str:
+    digest = hashlib.sha256(idempotency.encode()).hexdigest()[:32]
+    return f"{IDEMPOTENCY}/{check_name(user_id, 'user_id')}/{digest}.json"
+
+
+def cohort_state_key(cohort: str) -> str:
+    return f"{COHORTS}/{check_name(cohort, 'cohort')}/state.json"
+
+
+def key_record_key(key_id: str) -> str:
+    return f"{KEYS}/{check_name(key_id, 'key id')}.json"
+
+
+def key_index_prefix(user_id: str) -> str:
+    return f"{KEY_INDEX}/{check_name(user_id, 'user_id')}/"
+
+
+def key_index_key(user_id: str, key_id: str) -> str:
+    return f"{key_index_prefix(user_id)}{check_name(key_id, 'key id')}"

@@ -70,7 +70,8 @@ def test_versions_round_trip() -> None:
 def test_user_prefixes_cover_every_per_user_kind() -> None:
     prefixes = layout.user_prefixes("u1")
     ref = AdapterVersion("u1", "default", 1)
-    for key in (*ref.original_keys(), *ref.export_keys(), ref.core_key, ref.manifest_key, ref.pointer_key):
+    owned = (ref.core_key, ref.manifest_key, ref.pointer_key, ref.job_key, layout.idempotency_key("u1", "k"))
+    for key in (*ref.original_keys(), *ref.export_keys(), *owned, layout.key_index_key("u1", "0123abcd0123abcd")):
         assert any(key.startswith(p) for p in prefixes), key
     assert not any(AdapterVersion("u10", "d", 1).core_key.startswith(p) for p in prefixes)
 
