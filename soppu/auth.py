@@ -148,4 +148,3 @@ class KeyRing:
             self._store.delete(key_index_key(user_id, key_id))
             revoked.append(key_id)
         return revoked
-

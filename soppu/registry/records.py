@@ -1,0 +1,114 @@
+"""The JSON records the registry keeps in the bucket: jobs, version manifests, current-version pointers, cohort
+states and idempotency entries. Shapes only (dataclasses to and from JSON); the keys are in
+:mod:`soppu.store.layout`.
+
+A **manifest** says how one version is served:
+
+- ``served_from = "compressed"``: ``core_prefix`` (our engine's ``adapter_id``, the core names its bases) and
+  ``export_prefix`` (LoRAX's: the PEFT export ``U S``, ``V^T`` of the compressed form);
+- ``served_from = "original"``: the quality gate failed (or the cohort awaits a refit); ``export_prefix`` holds
+  the original adapter as uploaded and ``core_prefix`` is null.
+
+The **pointer** ``pointers/{user}/{adapter}/current.json`` names the current version and its manifest; the
+gateway resolves a user's adapter by reading it (ETag-revalidated) and then the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from enum import StrEnum
+from typing import Any, Self
+
+__all__ = ["CohortState", "IdempotencyRecord", "JobRecord", "JobState", "Manifest", "Pointer", "ServedFrom", "now"]
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+class _Record:
+    """JSON round trip for the dataclasses below; unknown fields are ignored so old readers survive new fields."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Self:
+        raw = json.loads(data)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ServedFrom(StrEnum):
+    COMPRESSED = "compressed"
+    ORIGINAL = "original"
+
+
+@dataclasses.dataclass
+class JobRecord(_Record):
+    job_id: str
+    user_id: str
+    adapter: str
+    version: int
+    state: str = JobState.QUEUED.value
+    kind: str = "upload"  # "upload" (a user's new version) or "refit" (re-projection onto a refitted basis)
+    body_sha256: str | None = None
+    created_at: str = dataclasses.field(default_factory=now)
+    updated_at: str = dataclasses.field(default_factory=now)
+    attempts: int = 0
+    error: dict[str, Any] | None = None  # {"code", "message"} when failed
+    report: dict[str, Any] | None = None  # when done
+
+
+@dataclasses.dataclass
+class Manifest(_Record):
+    user_id: str
+    adapter: str
+    version: int
+    served_from: str
+    export_prefix: str  # LoRAX: adapter_id = s3://{bucket}/{export_prefix}
+    core_prefix: str | None  # our engine: adapter_id = s3://{bucket}/{core_prefix}
+    cohort: str | None
+    basis_key: str | None
+    base_model: str | None
+    report: dict[str, Any]
+    created_at: str = dataclasses.field(default_factory=now)
+
+
+@dataclasses.dataclass
+class Pointer(_Record):
+    version: int
+    manifest_key: str
+    updated_at: str = dataclasses.field(default_factory=now)
+
+
+@dataclasses.dataclass
+class CohortState(_Record):
+    cohort: str
+    base_model: str | None
+    basis_version: int = 0  # 0: no basis yet
+    basis_key: str | None = None
+    members: dict[str, int] = dataclasses.field(default_factory=dict)  # "user/adapter" -> version it serves
+    contributors: list[str] = dataclasses.field(default_factory=list)  # "user/adapter" whose data fitted the basis
+    needs_refit: bool = False
+    pending: list[str] = dataclasses.field(default_factory=list)  # members served from originals until a refit
+    updated_at: str = dataclasses.field(default_factory=now)
+
+
+@dataclasses.dataclass
+class IdempotencyRecord(_Record):
+    job_id: str
+    body_sha256: str
+    created_at: str = dataclasses.field(default_factory=now)
