@@ -1,0 +1,135 @@
+"""Reading the registry: a user's adapters with their versions and reports, the current version, jobs still
+to run, and deletion of an adapter or a whole user (with the refits that erase their trace from bases)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from soppu.auth import KeyRing
+from soppu.errors import ObjectNotFound
+from soppu.registry.pipeline import Pipeline, member_key
+from soppu.registry.records import CohortState, JobRecord, JobState, Manifest, Pointer
+from soppu.store.base import ObjectStore
+from soppu.store.layout import (
+    COHORTS,
+    JOBS,
+    MANIFESTS,
+    ORIGINALS,
+    AdapterVersion,
+    adapter_prefixes,
+    check_name,
+    parse_version,
+    pointer_key,
+    user_prefixes,
+)
+
+__all__ = ["delete_adapter", "delete_user", "list_adapters", "pending_jobs", "read_manifest", "read_pointer"]
+
+
+def read_pointer(store: ObjectStore, user_id: str, adapter: str) -> Pointer | None:
+    try:
+        return Pointer.from_json(store.get(pointer_key(user_id, adapter)).data)
+    except ObjectNotFound:
+        return None
+
+
+def read_manifest(store: ObjectStore, version: AdapterVersion) -> Manifest | None:
+    try:
+        return Manifest.from_json(store.get(version.manifest_key).data)
+    except ObjectNotFound:
+        return None
+
+
+def _adapter_names(store: ObjectStore, user_id: str) -> list[str]:
+    prefix = f"{ORIGINALS}/{check_name(user_id, 'user_id')}/"
+    return sorted({info.key[len(prefix) :].split("/", 1)[0] for info in store.list(prefix)})
+
+
+def list_adapters(store: ObjectStore, user_id: str) -> list[dict[str, Any]]:
+    """Each adapter of ``user_id``: name, current version, and every version with its job state and report."""
+    adapters = []
+    for name in _adapter_names(store, user_id):
+        pointer = read_pointer(store, user_id, name)
+        prefix = f"{JOBS}/{user_id}/{name}/"
+        versions = []
+        for info in store.list(prefix):
+            job = JobRecord.from_json(store.get(info.key).data)
+            manifest = read_manifest(store, AdapterVersion(user_id, name, job.version))
+            versions.append(
+                {
+                    "version": job.version,
+                    "job_id": job.job_id,
+                    "state": job.state,
+                    "kind": job.kind,
+                    "served_from": manifest.served_from if manifest else None,
+                    "report": job.report,
+                    "error": job.error,
+                }
+            )
+        versions.sort(key=lambda v: v["version"])
+        adapters.append({"name": name, "current_version": pointer.version if pointer else None, "versions": versions})
+    return adapters
+
+
+def pending_jobs(store: ObjectStore) -> list[AdapterVersion]:
+    """Jobs that are queued or were running when a service stopped: a restart runs them (again)."""
+    pending = []
+    for info in store.list(f"{JOBS}/"):
+        job = JobRecord.from_json(store.get(info.key).data)
+        if job.state in (JobState.QUEUED, JobState.RUNNING):
+            pending.append(AdapterVersion(job.user_id, job.adapter, job.version))
+    return sorted(pending, key=lambda v: (v.user_id, v.adapter, v.version))
+
+
+def _leave_cohorts(pipeline: Pipeline, user_id: str, adapters: list[str]) -> list[dict[str, Any]]:
+    """Take the adapters out of every cohort; refit (or retire) each basis their data fitted."""
+    store, refits = pipeline.store, []
+    leaving = {member_key(user_id, a) for a in adapters}
+    for info in list(store.list(f"{COHORTS}/")):
+        cohort = info.key.split("/")[1]
+        with pipeline.lock(f"cohort:{cohort}"):
+            state = pipeline.load_cohort(cohort)
+            if not leaving & (set(state.members) | set(state.contributors)):
+                continue
+            influenced = bool(leaving & set(state.contributors))
+            state.members = {k: v for k, v in state.members.items() if k not in leaving}
+            state.pending = [k for k in state.pending if k not in leaving]
+            state.contributors = [k for k in state.contributors if k not in leaving]
+            if not influenced:
+                pipeline.save_cohort(state)
+            elif state.members:
+                refits.append(pipeline.refit_locked(state))  # new basis without them; the old one is deleted
+            else:
+                if state.basis_key:
+                    store.delete(state.basis_key)
+                store.delete(info.key)
+                refits.append({"cohort": cohort, "retired": True})
+    return refits
+
+
+def delete_adapter(pipeline: Pipeline, user_id: str, adapter: str) -> dict[str, Any]:
+    if adapter not in _adapter_names(pipeline.store, user_id):
+        raise ObjectNotFound(f"user {user_id!r} has no adapter {adapter!r}")
+    refits = _leave_cohorts(pipeline, user_id, [adapter])
+    removed = [key for prefix in adapter_prefixes(user_id, adapter) for key in pipeline.store.delete_prefix(prefix)]
+    return {"removed": sorted(removed), "refits": refits}
+
+
+def delete_user(pipeline: Pipeline, keys: KeyRing, user_id: str) -> dict[str, Any]:
+    adapters = _adapter_names(pipeline.store, user_id)
+    revoked = keys.revoke_user(user_id)  # first: the user can do nothing while the rest goes
+    refits = _leave_cohorts(pipeline, user_id, adapters)
+    removed = [key for prefix in user_prefixes(user_id) for key in pipeline.store.delete_prefix(prefix)]
+    return {"removed": sorted(removed), "revoked_keys": revoked, "refits": refits}
+
+
+def versions_of(store: ObjectStore, user_id: str, adapter: str) -> list[int]:
+    prefix = f"{MANIFESTS}/{user_id}/{adapter}/"
+    return sorted(parse_version(info.key[len(prefix) :].removesuffix(".json")) for info in store.list(prefix))
+
+
+def cohort_state(store: ObjectStore, cohort: str) -> CohortState | None:
+    try:
+        return CohortState.from_json(store.get(f"{COHORTS}/{check_name(cohort, 'cohort')}/state.json").data)
+    except ObjectNotFound:
+        return None

@@ -1,0 +1,283 @@
+"""From an accepted upload to a served version: the compression job, cohort refits, and publishing.
+
+A job (``jobs/{user}/{adapter}/{version}.json``) is idempotent: every artifact is written create-only (an
+object left by an interrupted run is kept, since the same input gives the same bytes), and the pointer only
+ever moves forward. A restarted service simply runs every queued or running job again.
+
+Publishing order, for every version: (1) the compressed artifacts (bases, when fitted; the core), (2) the
+PEFT export LoRAX loads, under a fresh versioned prefix, (3) the version manifest, (4) the switch of the
+user's current-version pointer. Readers that follow the pointer therefore never see a half-published version.
+
+Cohorts: adapters with the same base model, modules and shapes share a cohort and its basis. The first member
+fits the basis alone; later members are projected onto it (the fast path). A member that fails the quality
+gate is served from its original and queues a refit, which fits the basis to every member's original and
+publishes a new version of every member.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, LoraAdapter, adapter_files, read_adapter
+from soppu.compression import Compression, compress, project
+from soppu.compression.accounting import bases_parameters, core_parameters
+from soppu.compression.export import to_lora
+from soppu.compression.format import bases_bytes, core_bytes, read_bases
+from soppu.compression.model import Cluster, CompressedAdapter
+from soppu.errors import ObjectExists, ObjectNotFound, SoppuError
+from soppu.registry.policy import CompressionPolicy, QualityGate, cohort_name
+from soppu.registry.records import CohortState, JobRecord, JobState, Manifest, Pointer, ServedFrom, now
+from soppu.store.base import ObjectStore
+from soppu.store.layout import AdapterVersion, basis_key, cohort_state_key, relative_ref
+
+__all__ = ["Pipeline", "member_key"]
+
+log = logging.getLogger(__name__)
+
+
+def member_key(user_id: str, adapter: str) -> str:
+    return f"{user_id}/{adapter}"
+
+
+def _core_name(version: AdapterVersion) -> str:
+    # A valid adapter name for the core file's metadata ('/' is not allowed there).
+    return f"{version.user_id}.{version.adapter}"
+
+
+class Pipeline:
+    """Runs jobs and refits against one store. Thread-safe: a lock per cohort and per user adapter."""
+
+    def __init__(self, store: ObjectStore, policy: CompressionPolicy, gate: QualityGate) -> None:
+        self.store = store
+        self.policy = policy
+        self.gate = gate
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+        self._bases: dict[str, Compression] = {}  # basis key -> the compression skeleton (bases, no adapters)
+        self.on_published: Callable[[AdapterVersion], None] = lambda version: None
+
+    def lock(self, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks[name]
+
+    # --- records ---------------------------------------------------------------------------------------
+
+    def load_job(self, version: AdapterVersion) -> JobRecord:
+        return JobRecord.from_json(self.store.get(version.job_key).data)
+
+    def save_job(self, job: JobRecord) -> None:
+        job.updated_at = now()
+        self.store.put(AdapterVersion(job.user_id, job.adapter, job.version).job_key, job.to_json())
+
+    def load_cohort(self, cohort: str, base_model: str | None = None) -> CohortState:
+        try:
+            return CohortState.from_json(self.store.get(cohort_state_key(cohort)).data)
+        except ObjectNotFound:
+            return CohortState(cohort=cohort, base_model=base_model)
+
+    def save_cohort(self, state: CohortState) -> None:
+        state.updated_at = now()
+        self.store.put(cohort_state_key(state.cohort), state.to_json())
+
+    def read_original(self, version: AdapterVersion) -> tuple[LoraAdapter, dict[str, bytes]]:
+        config_key, weights_key = version.original_keys()
+        files = {CONFIG_NAME: self.store.get(config_key).data, WEIGHTS_NAME: self.store.get(weights_key).data}
+        return read_adapter(files), files
+
+    def _put_once(self, key: str, data: bytes) -> None:
+        try:
+            self.store.put(key, data, create_only=True)
+        except ObjectExists:
+            pass  # written by an earlier run of the same step: same input, same bytes
+
+    # --- jobs ------------------------------------------------------------------------------------------
+
+    def run_job(self, version: AdapterVersion) -> JobRecord:
+        """Run (or finish, or skip if already finished) the job of ``version``."""
+        job = self.load_job(version)
+        if job.state in (JobState.DONE, JobState.FAILED):
+            return job
+        job.state, job.attempts = JobState.RUNNING.value, job.attempts + 1
+        self.save_job(job)
+        try:
+            original, files = self.read_original(version)
+            cohort = cohort_name(original)
+            with self.lock(f"cohort:{cohort}"):
+                state = self.load_cohort(cohort, original.base_model)
+                report = self._compress_member(state, version, original, files)
+                if state.needs_refit and len(state.pending) >= self.policy.refit_after:
+                    self.refit_locked(state)
+                    report["refit"] = True
+        except SoppuError as e:
+            log.warning("job %s failed: [%s] %s", version.job_id, e.code, e.message)
+            job.state, job.error = JobState.FAILED.value, {"code": e.code, "message": e.message}
+            self.save_job(job)
+            return job
+        job.state, job.report, job.error = JobState.DONE.value, report, None
+        self.save_job(job)
+        return job
+
+    def _compress_member(
+        self, state: CohortState, version: AdapterVersion, original: LoraAdapter, files: dict[str, bytes]
+    ) -> dict[str, Any]:
+        key = member_key(version.user_id, version.adapter)
+        name = _core_name(version)
+        if state.basis_key is None:
+            # The cohort's first member: fit its basis to this adapter alone.
+            compression = compress([(name, original)], **self._compress_args())
+            self._publish_basis(state, compression, contributors=[key])
+            compressed = compression.adapters[0]
+        else:
+            compression = self._skeleton(state.basis_key)
+            compressed = project(compression, name, original, device=self.policy.device)
+            compression = replace(compression, adapters=[compressed])
+        report = self._publish(version, state, compression, compressed, original, files)
+        state.members[key] = version.version
+        if report["served_from"] == ServedFrom.ORIGINAL and key not in state.pending:
+            state.pending.append(key)
+            state.needs_refit = True
+        self.save_cohort(state)
+        return report
+
+    def _compress_args(self) -> dict[str, Any]:
+        p = self.policy
+        return {"mode": p.mode, "policy": p.rank_policy(), "device": p.device, "seed": p.seed}
+
+    def _skeleton(self, key: str) -> Compression:
+        if key not in self._bases:
+            bases = read_bases(self.store.get(key).data)
+            meta = bases.meta
+            self._bases[key] = Compression(meta.mode, meta.base_model, meta.target_modules, [Cluster(bases.bases)], [])
+        return self._bases[key]
+
+    def _publish_basis(self, state: CohortState, compression: Compression, contributors: list[str]) -> None:
+        number = state.basis_version + 1
+        key = basis_key(state.cohort, number)
+        self._put_once(key, bases_bytes(compression.clusters[0], compression))
+        self._bases[key] = replace(compression, adapters=[])
+        state.basis_version, state.basis_key, state.contributors = number, key, sorted(contributors)
+
+    def _publish(
+        self,
+        version: AdapterVersion,
+        state: CohortState,
+        compression: Compression,
+        compressed: CompressedAdapter,
+        original: LoraAdapter,
+        files: dict[str, bytes],
+    ) -> dict[str, Any]:
+        exported = to_lora(compression, compressed)
+        gate = self.gate.check(original, exported, compressed.errors)
+        members = max(1, len(state.members) + (member_key(version.user_id, version.adapter) not in state.members))
+        stored = core_parameters(compressed) + bases_parameters(compression.clusters[0]) / members
+        report: dict[str, Any] = {
+            "cohort": state.cohort,
+            "basis_version": state.basis_version,
+            "mode": compression.mode.value,
+            "rank": next(iter(compression.clusters[0].bases.values())).rank,
+            "original_parameters": original.num_parameters(),
+            "ratio": round(original.num_parameters() / stored, 3),
+            "errors": {m: round(float(e), 6) for m, e in sorted(compressed.errors.items())},
+            "gate": gate,
+        }
+        assert state.basis_key is not None
+        if gate["passed"]:
+            ref = relative_ref(version.core_key, state.basis_key)
+            self._put_once(version.core_key, core_bytes(compression, compressed, bases_ref=ref))
+            export = adapter_files(exported)
+            export_files = {CONFIG_NAME: export.config, WEIGHTS_NAME: export.weights}
+            served, core_prefix = ServedFrom.COMPRESSED, version.core_prefix
+        else:
+            export_files, served, core_prefix = files, ServedFrom.ORIGINAL, None
+            report["ratio"] = 1.0
+        for key, name in zip(version.export_keys(), (CONFIG_NAME, WEIGHTS_NAME), strict=True):
+            self._put_once(key, export_files[name])
+        report["served_from"] = served.value
+        manifest = Manifest(
+            user_id=version.user_id,
+            adapter=version.adapter,
+            version=version.version,
+            served_from=served.value,
+            export_prefix=version.export_prefix,
+            core_prefix=core_prefix,
+            cohort=state.cohort,
+            basis_key=state.basis_key if core_prefix else None,
+            base_model=original.base_model,
+            report=report,
+        )
+        self._put_once(version.manifest_key, manifest.to_json())
+        self.switch_pointer(version)
+        return report
+
+    def switch_pointer(self, version: AdapterVersion) -> bool:
+        """Point the user's adapter at ``version`` unless a later version is already current (step 4)."""
+        with self.lock(f"pointer:{version.pointer_key}"):
+            try:
+                current = Pointer.from_json(self.store.get(version.pointer_key).data)
+                if current.version >= version.version:
+                    return False
+            except ObjectNotFound:
+                pass
+            self.store.put(version.pointer_key, Pointer(version.version, version.manifest_key).to_json())
+        self.on_published(version)
+        return True
+
+    # --- refits ----------------------------------------------------------------------------------------
+
+    def refit(self, cohort: str) -> dict[str, Any]:
+        with self.lock(f"cohort:{cohort}"):
+            state = self.load_cohort(cohort)
+            if not state.members:
+                raise SoppuError(f"cohort {cohort!r} has no members", code="cohort_not_found")
+            return self.refit_locked(state)
+
+    def refit_locked(self, state: CohortState) -> dict[str, Any]:
+        """Fit the cohort's basis to every member's original and publish a new version of every member.
+        The caller holds the cohort's lock."""
+        from soppu.registry.versions import allocate_version  # the upload path's allocator
+
+        members = sorted(state.members.items())
+        originals = {}
+        for key, number in members:
+            user, adapter = key.split("/")
+            originals[key] = self.read_original(AdapterVersion(user, adapter, number))
+        named = [(_core_name(AdapterVersion(*key.split("/"), number)), originals[key][0]) for key, number in members]
+        compression = compress(named, **self._compress_args())
+        old_basis = state.basis_key
+        self._publish_basis(state, compression, contributors=[key for key, _ in members])
+        state.pending, state.needs_refit = [], False
+        published = {}
+        for (key, _), compressed in zip(members, compression.adapters, strict=True):
+            user, adapter = key.split("/")
+            original, files = originals[key]
+            version = allocate_version(self.store, user, adapter, files, kind="refit")
+            report = self._publish(version, state, compression, compressed, original, files)
+            self.save_job(replace(self.load_job(version), state=JobState.DONE.value, report=report))
+            state.members[key] = version.version
+            if report["served_from"] == ServedFrom.ORIGINAL:
+                state.pending.append(key)
+            published[key] = {"version": version.version, "served_from": report["served_from"]}
+        self.save_cohort(state)
+        if old_basis and old_basis != state.basis_key:
+            self._retire(old_basis, state)
+        return {"cohort": state.cohort, "basis_version": state.basis_version, "members": published}
+
+    def _retire(self, old_basis: str, state: CohortState) -> None:
+        """Delete a replaced basis and every core and export built on it: the data of whoever fitted it (maybe
+        a deleted user) survives in no served object. Manifests and originals stay, as the history."""
+        for key in state.members:
+            user, adapter = key.split("/")
+            prefix = AdapterVersion(user, adapter, 1).manifest_key.rsplit("/", 1)[0] + "/"
+            for info in list(self.store.list(prefix)):
+                manifest = Manifest.from_json(self.store.get(info.key).data)
+                if manifest.basis_key == old_basis and manifest.version != state.members[key]:
+                    version = AdapterVersion(user, adapter, manifest.version)
+                    for stale in (version.core_key, *version.export_keys()):
+                        self.store.delete(stale)
+        self.store.delete(old_basis)
+        self._bases.pop(old_basis, None)

@@ -1,0 +1,110 @@
+"""Accepting an upload: a new version number, the original stored durably, a queued job, and the
+Idempotency-Key record, all before the service acknowledges anything.
+
+Version numbers are claimed with a create-only put of the version's original config, so two concurrent
+uploads (even through two service processes) can never get the same number; the later claim gets the higher
+number, and since the pointer only moves forward, the current version is the later acknowledged upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME
+from soppu.errors import ObjectExists, ObjectNotFound, SoppuError, StoreError
+from soppu.registry.records import IdempotencyRecord, JobRecord
+from soppu.store.base import ObjectStore
+from soppu.store.layout import AdapterVersion, idempotency_key, parse_version
+
+__all__ = ["IdempotencyConflict", "accept_upload", "allocate_version", "body_digest", "latest_version"]
+
+_MAX_CLAIMS = 100
+
+
+class IdempotencyConflict(SoppuError):
+    code = "idempotency_conflict"
+
+
+def body_digest(files: dict[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        digest.update(hashlib.sha256(files[name]).digest())
+    return digest.hexdigest()
+
+
+def latest_version(store: ObjectStore, user_id: str, adapter: str) -> int:
+    prefix = AdapterVersion(user_id, adapter, 1).original_prefix.rsplit("/", 1)[0] + "/"
+    versions = [parse_version(info.key[len(prefix) :].split("/", 1)[0]) for info in store.list(prefix)]
+    return max(versions, default=0)
+
+
+def allocate_version(
+    store: ObjectStore, user_id: str, adapter: str, files: dict[str, bytes], *, kind: str = "upload"
+) -> AdapterVersion:
+    """Claim the next version, store the original under it and write its queued job record."""
+    number = latest_version(store, user_id, adapter) + 1
+    for _ in range(_MAX_CLAIMS):
+        version = AdapterVersion(user_id, adapter, number)
+        config_key, weights_key = version.original_keys()
+        try:
+            store.put(config_key, files[CONFIG_NAME], create_only=True)
+        except ObjectExists:
+            number += 1  # another upload claimed it first
+            continue
+        try:
+            store.put(weights_key, files[WEIGHTS_NAME], create_only=True)
+            job = JobRecord(version.job_id, user_id, adapter, number, kind=kind, body_sha256=body_digest(files))
+            store.put(version.job_key, job.to_json(), create_only=True)
+        except StoreError:
+            _forget(store, config_key, weights_key)  # nothing half-stored is left to be mistaken for a version
+            raise
+        return version
+    raise StoreError(f"could not claim a version for {user_id}/{adapter} after {_MAX_CLAIMS} tries")
+
+
+def _forget(store: ObjectStore, *keys: str) -> None:
+    for key in keys:
+        try:
+            store.delete(key)
+        except StoreError:
+            pass  # the store is failing; the orphan is harmless (no job, no pointer) and a later claim skips it
+
+
+def accept_upload(
+    store: ObjectStore, user_id: str, adapter: str, files: dict[str, bytes], idempotency: str | None = None
+) -> tuple[JobRecord, bool]:
+    """Store a validated upload and queue its job: (the job, whether it is new). With an Idempotency-Key, the
+    same body returns the first upload's job (not new), and a different body raises IdempotencyConflict."""
+    digest = body_digest(files)
+    record_key = idempotency_key(user_id, idempotency) if idempotency else None
+    if record_key is not None:
+        existing = _existing(store, record_key, digest)
+        if existing is not None:
+            return existing, False
+    version = allocate_version(store, user_id, adapter, files)
+    job = JobRecord.from_json(store.get(version.job_key).data)
+    if record_key is not None:
+        try:
+            store.put(record_key, IdempotencyRecord(job.job_id, digest).to_json(), create_only=True)
+        except ObjectExists:
+            # A concurrent request with the same key won the race: its job is the answer; ours is withdrawn.
+            winner = _existing(store, record_key, digest)
+            if winner is not None and winner.job_id != job.job_id:
+                for key in (*version.original_keys(), version.job_key):
+                    store.delete(key)
+                return winner, False
+    return job, True
+
+
+def _existing(store: ObjectStore, record_key: str, digest: str) -> JobRecord | None:
+    try:
+        record = IdempotencyRecord.from_json(store.get(record_key).data)
+    except ObjectNotFound:
+        return None
+    if record.body_sha256 != digest:
+        raise IdempotencyConflict("this Idempotency-Key was used with a different body", job_id=record.job_id)
+    version = AdapterVersion.from_job_id(record.job_id)
+    try:
+        return JobRecord.from_json(store.get(version.job_key).data)
+    except ObjectNotFound:
+        return None  # its adapter was deleted since: treat the key as fresh
