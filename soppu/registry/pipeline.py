@@ -16,6 +16,7 @@ publishes a new version of every member.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import defaultdict
@@ -90,10 +91,9 @@ class Pipeline:
         return read_adapter(files), files
 
     def _put_once(self, key: str, data: bytes) -> None:
-        try:
+        # An object there was written by an earlier run of the same step: same input, same bytes.
+        with contextlib.suppress(ObjectExists):
             self.store.put(key, data, create_only=True)
-        except ObjectExists:
-            pass  # written by an earlier run of the same step: same input, same bytes
 
     # --- jobs ------------------------------------------------------------------------------------------
 

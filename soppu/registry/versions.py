@@ -8,6 +8,7 @@ number, and since the pointer only moves forward, the current version is the lat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME
@@ -63,11 +64,10 @@ def allocate_version(
 
 
 def _forget(store: ObjectStore, *keys: str) -> None:
+    # If the store is failing, an orphan is harmless (no job, no pointer) and a later claim skips its number.
     for key in keys:
-        try:
+        with contextlib.suppress(StoreError):
             store.delete(key)
-        except StoreError:
-            pass  # the store is failing; the orphan is harmless (no job, no pointer) and a later claim skips it
 
 
 def accept_upload(
