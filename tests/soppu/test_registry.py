@@ -1,0 +1,132 @@
+"""The registry core on both store backends: version claims, idempotency, jobs that publish in order and can
+be rerun, the quality gate, refits, and deletion that leaves nothing of a user behind."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, read_adapter
+from soppu.auth import KeyRing, Role
+from soppu.registry import JobState, Manifest, Pointer, ServedFrom
+from soppu.registry.catalog import delete_user, list_adapters, pending_jobs
+from soppu.registry.pipeline import Pipeline
+from soppu.registry.policy import CompressionPolicy, QualityGate
+from soppu.registry.versions import IdempotencyConflict, accept_upload, allocate_version
+from soppu.store import ObjectStore
+from soppu.store.layout import AdapterVersion
+
+
+@pytest.fixture(scope="module")
+def uploads(examples_dir: Path) -> dict[str, dict[str, bytes]]:
+    users = json.loads((examples_dir / "users.json").read_text())["users"]
+    return {
+        u["user_id"]: {
+            n: (examples_dir / "adapters" / u["user_id"] / n).read_bytes() for n in (CONFIG_NAME, WEIGHTS_NAME)
+        }
+        for u in users
+    }
+
+
+def _pipeline(store: ObjectStore, **policy: Any) -> Pipeline:
+    return Pipeline(store, CompressionPolicy(device="cpu", **policy), QualityGate())
+
+
+def _keys(store: ObjectStore) -> list[str]:
+    return sorted(info.key for info in store.list(""))
+
+
+def test_concurrent_claims_get_distinct_increasing_versions(local_store: ObjectStore, uploads) -> None:
+    files = next(iter(uploads.values()))
+    with ThreadPoolExecutor(4) as pool:
+        versions = list(pool.map(lambda _: allocate_version(local_store, "u1", "default", files).version, range(8)))
+    assert sorted(versions) == list(range(1, 9))
+
+
+def test_idempotency_key_same_body_same_job_other_body_conflict(store: ObjectStore, uploads) -> None:
+    first, second = list(uploads.values())[:2]
+    job, new = accept_upload(store, "u1", "default", first, "key-1")
+    again, new_again = accept_upload(store, "u1", "default", first, "key-1")
+    assert new and not new_again and again.job_id == job.job_id
+    before = _keys(store)
+    with pytest.raises(IdempotencyConflict):
+        accept_upload(store, "u1", "default", second, "key-1")
+    assert _keys(store) == before  # nothing stored for the refused upload
+
+
+def test_job_publishes_in_order_and_a_rerun_changes_nothing(store: ObjectStore, uploads) -> None:
+    pipeline = _pipeline(store)
+    user, files = next(iter(uploads.items()))
+    job, _ = accept_upload(store, user, "default", files)
+    version = AdapterVersion.from_job_id(job.job_id)
+    done = pipeline.run_job(version)
+    assert done.state == JobState.DONE and done.report["served_from"] == ServedFrom.COMPRESSED
+    manifest = Manifest.from_json(store.get(version.manifest_key).data)
+    assert manifest.core_prefix == version.core_prefix and store.exists(version.core_key)
+    assert all(store.exists(key) for key in version.export_keys())
+    assert Pointer.from_json(store.get(version.pointer_key).data).version == version.version
+    # The export is the compressed form as plain LoRA, and it is a valid adapter.
+    names = (CONFIG_NAME, WEIGHTS_NAME)
+    export = read_adapter({n: store.get(k).data for n, k in zip(names, version.export_keys(), strict=True)})
+    assert export.modules.keys() == read_adapter(files).modules.keys()
+
+    # A crash after publishing but before the job was marked done: the rerun finishes with the same objects.
+    snapshot = {key: store.get(key).info.etag for key in _keys(store) if not key.startswith(("jobs/", "cohorts/"))}
+    record = pipeline.load_job(version)
+    record.state = JobState.RUNNING.value
+    pipeline.save_job(record)
+    assert pending_jobs(store) == [version]
+    assert pipeline.run_job(version).state == JobState.DONE
+    assert {k: store.get(k).info.etag for k in snapshot} == snapshot
+    assert pending_jobs(store) == []
+
+
+def test_pointer_never_moves_back(local_store: ObjectStore, uploads) -> None:
+    pipeline = _pipeline(local_store)
+    files = next(iter(uploads.values()))
+    versions = [AdapterVersion.from_job_id(accept_upload(local_store, "u1", "a", files)[0].job_id) for _ in range(2)]
+    for version in reversed(versions):  # the later upload finishes first
+        pipeline.run_job(version)
+    assert Pointer.from_json(local_store.get(versions[0].pointer_key).data).version == 2
+
+
+def test_gate_failure_serves_the_original_and_a_refit_brings_everyone_back(local_store, uploads) -> None:
+    pipeline = _pipeline(local_store, rank=32, refit_after=1)
+    reports = {}
+    for user, files in list(uploads.items())[:3]:
+        job, _ = accept_upload(local_store, user, "default", files)
+        reports[user] = pipeline.run_job(AdapterVersion.from_job_id(job.job_id)).report
+    first, second = list(reports)[:2]
+    assert reports[first]["served_from"] == ServedFrom.COMPRESSED
+    # Projected onto the first user's basis, the second user's unrelated adapter fails the gate ...
+    assert reports[second]["served_from"] == ServedFrom.ORIGINAL and not reports[second]["gate"]["passed"]
+    # ... which queued a refit over every member: each has a newer version on a new basis, and with R = 32
+    # for three rank-8 adapters the fit is exact, so everyone is served compressed.
+    assert reports[second]["refit"]
+    for user in reports:
+        adapter = list_adapters(local_store, user)[0]
+        current = next(v for v in adapter["versions"] if v["version"] == adapter["current_version"])
+        assert current["served_from"] == ServedFrom.COMPRESSED, user
+    assert len([k for k in _keys(local_store) if k.startswith("bases/")]) == 1  # older bases retired
+
+
+def test_deleting_a_user_leaves_nothing_of_theirs(store: ObjectStore, uploads) -> None:
+    pipeline = _pipeline(store, rank=32)
+    keys = KeyRing(store)
+    users = list(uploads)[:3]
+    for user in users:
+        job, _ = accept_upload(store, user, "default", uploads[user], "idem")
+        pipeline.run_job(AdapterVersion.from_job_id(job.job_id))
+        keys.issue(Role.USER, user)
+    gone = users[0]
+    result = delete_user(pipeline, keys, gone)
+    assert result["revoked_keys"] and result["refits"]
+    remaining = "\n".join(store.get(k).data.decode(errors="replace") for k in _keys(store) if k.endswith(".json"))
+    assert not [k for k in _keys(store) if gone in k]
+    assert gone not in remaining  # no record (cohort members, contributors, manifests) names them
+    for user in users[1:]:
+        assert list_adapters(store, user)[0]["current_version"] is not None
