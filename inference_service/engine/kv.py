@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-__all__ = ["BatchKV", "new_cache"]
+__all__ = ["BatchKV", "new_cache", "zero_pad"]
 
 
 def new_cache() -> DynamicCache:
@@ -29,13 +29,19 @@ def _from_layers(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCach
     return DynamicCache(ddp_cache_data=layers)
 
 
-def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+def zero_pad(t: torch.Tensor, length: int, dim: int, *, left: bool) -> torch.Tensor:
+    """``t`` grown to ``length`` along ``dim`` with zeros, before (``left``) or after its data."""
     missing = length - t.shape[dim]
     if missing == 0:
         return t
     shape = list(t.shape)
     shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+    zeros = t.new_zeros(shape)
+    return torch.cat([zeros, t] if left else [t, zeros], dim=dim)
+
+
+def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    return zero_pad(t, length, dim, left=True)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .formats import LoadedCore, LoadedLora, ModelShapes
-from .kv import BatchKV, new_cache
+from .kv import BatchKV, new_cache, zero_pad
 from .layers import AdapterLinear, BatchPlan, PlainGroup, PlanHolder, SharedGroup
 
 __all__ = ["Loaded", "ModelRunner"]
@@ -25,12 +25,8 @@ Loaded = LoadedLora | LoadedCore | None  # None: the base model
 
 
 def _pad_rank(t: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
-    missing = rank - t.shape[dim]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t, t.new_zeros(shape)], dim=dim)
+    # Zero rows of A / columns of B add nothing: a lower rank padded up computes the same update.
+    return zero_pad(t, rank, dim, left=False)
 
 
 def _slots(items: list[object]) -> tuple[list[object], list[int]]:
