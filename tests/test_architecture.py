@@ -4,6 +4,8 @@ each other; and nothing of ours is importable as ``lorax`` (that name belongs to
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,10 @@ def test_services_do_not_import_each_other(service: str) -> None:
 def test_lorax_folder_is_not_a_python_package() -> None:
     assert (ROOT / "lorax").is_dir()
     assert not list((ROOT / "lorax").rglob("*.py"))
+
+
+def test_what_the_gateway_needs_from_the_core_does_not_load_torch() -> None:
+    # The gateway is a slim image: keys, the store and the registry's records must not pull in torch.
+    code = "import sys, soppu.auth, soppu.store, soppu.registry; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "False"

@@ -28,6 +28,7 @@ from typing import BinaryIO
 from soppu.adapter.limits import DEFAULT_LIMITS, Limits
 from soppu.errors import AdapterError
 from soppu.errors import AdapterErrorCode as Code
+from soppu.peft_files import CONFIG_NAME, WEIGHTS_NAME
 
 __all__ = [
     "CONFIG_NAME",
@@ -38,8 +39,6 @@ __all__ = [
     "collect_parts",
 ]
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _ZIP_MAGIC = b"PK\x03\x04"
 _GZIP_MAGIC = b"\x1f\x8b"

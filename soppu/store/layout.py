@@ -39,8 +39,8 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from soppu.adapter.archive import CONFIG_NAME, WEIGHTS_NAME
 from soppu.errors import InvalidName
+from soppu.peft_files import CONFIG_NAME, WEIGHTS_NAME
 
 __all__ = [
     "LAYOUT",

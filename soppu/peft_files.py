@@ -1,0 +1,7 @@
+"""The two file names of a PEFT LoRA adapter directory, defined once. A module of its own so that code which
+only names files (the bucket layout, the gateway) does not import the adapter package and with it torch."""
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME"]
