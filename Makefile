@@ -12,7 +12,7 @@ EXAMPLES_DIR ?= .cache/examples
 export SOPPU_CACHE_DIR ?= $(CURDIR)/.cache/soppu
 DEMO_USERS ?= 20
 
-.PHONY: install test demo lint format bench up down clean
+.PHONY: install test demo dev lint format bench up down logs clean
 
 # The stamp is rebuilt only when pyproject.toml changes, so a repeat `make install` takes no time.
 install: $(VENV)/.installed
@@ -48,18 +48,38 @@ format: install
 bench: install
 	@set -e; for script in bench/[!_]*.py; do echo "== $$script" >&2; $(PY) $$script; done
 
-# The docker stack. So far only MinIO and its bucket; the services, LoRAX and the engine join with the stack issue.
-up: .env
-	docker compose up -d
-	@echo "MinIO: http://localhost:9000 (console http://localhost:9001); credentials in .env"
+# The docker stack. The gpu profile (LoRAX + the compressor on a GPU) when nvidia-smi works, else the cpu
+# profile (our engine in LoRAX's place). The base model is the example one that `soppu examples build` makes.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+PROFILE ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+BACKENDS_gpu := [{"url":"http://lorax:80","kind":"lorax"}]
+BACKENDS_cpu := [{"url":"http://engine:8082","kind":"engine"}]
+
+up: .env install
+	$(SOPPU) examples build --users 1 --out $(EXAMPLES_DIR) >/dev/null
+	SOPPU_GATEWAY_BACKENDS='$(BACKENDS_$(PROFILE))' $(COMPOSE) --profile $(PROFILE) up -d --build
+	@echo "SOPPU is up ($(PROFILE) profile)."
+	@echo "  gateway     http://localhost:8080   (POST /generate, /docs)"
+	@echo "  compressor  http://localhost:8081   (POST /v1/users/{user}/adapters, /docs)"
+	@echo "  MinIO       http://localhost:9001   (console; credentials in .env)"
+	@echo "  Prometheus  http://localhost:9090"
+	@echo "The admin key is SOPPU_ADMIN_KEY in .env. Try:"
+	@echo "  curl -s -X POST localhost:8081/v1/users/alice/keys -H \"Authorization: Bearer \$$(grep ^SOPPU_ADMIN_KEY= .env | cut -d= -f2)\""
 
 down:
-	docker compose down
+	$(COMPOSE) --profile cpu --profile gpu down
+
+logs:
+	$(COMPOSE) --profile $(PROFILE) logs -f --tail=100
 
 # A fresh .env with random secrets, never overwriting an existing one.
 .env:
-	@umask 077; sed "s/^MINIO_ROOT_PASSWORD=.*/MINIO_ROOT_PASSWORD=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))')/" .env.example > $@
-	@echo "wrote .env with a random MinIO password"
+	@umask 077; cp .env.example $@.tmp; \
+	for name in MINIO_ROOT_PASSWORD SOPPU_SERVE_SECRET_KEY SOPPU_WRITE_SECRET_KEY SOPPU_ADMIN_KEY; do \
+	  secret=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))'); \
+	  sed -i "s/^$$name=.*/$$name=$$secret/" $@.tmp; \
+	done; mv $@.tmp $@
+	@echo "wrote .env with random secrets"
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
