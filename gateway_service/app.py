@@ -1,0 +1,111 @@
+"""``create_app()``: the gateway's FastAPI app. Nothing is built at import time; the lifespan opens the store,
+the upstream connection pool (one ``httpx.AsyncClient``) and the health checker, and closes them on shutdown.
+
+Every error answers with LoRAX's body ``{"error": str, "error_type": str}`` (see :mod:`gateway_service.errors`
+for the codes); FastAPI's own request validation answers 422 ``validation`` like the backends do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from soppu.store.factory import open_store
+
+from .edge import EdgeMiddleware
+from .errors import GatewayError
+from .metrics import GatewayMetrics
+from .routes import lorax, openai, ops
+from .service import Gateway
+from .settings import GatewaySettings, get_settings
+from .transport import StreamTransport
+
+__all__ = ["create_app"]
+
+_log = logging.getLogger(__name__)
+
+
+def _error(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
+
+
+async def _on_gateway_error(_: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, GatewayError)
+    return _error(e.status, e.message, e.error_type, e.headers)
+
+
+async def _on_request_invalid(_: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, RequestValidationError)
+    problems = []
+    for err in e.errors():
+        where = ".".join(str(part) for part in err["loc"] if part != "body") or "body"
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict | list) else ""
+        problems.append(f"{where}: {err['msg']}{got}")
+    return _error(422, "; ".join(problems), "validation")
+
+
+async def _on_http_error(_: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, HTTPException)
+    return _error(e.status_code, str(e.detail), "http")
+
+
+async def _on_unexpected(request: Request, e: Exception) -> JSONResponse:
+    # The gateway faces the internet: the details go to the log (with the request id), not to the client.
+    _log.error("request %s failed", getattr(request.state, "request_id", "-"), exc_info=e)
+    return _error(500, "internal error", "internal")
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """The app for ``settings`` (default: the environment's)."""
+    settings = settings or get_settings()
+    metrics = GatewayMetrics()  # made here, not in the lifespan: the middleware counts requests from the start
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = await asyncio.to_thread(open_store, settings.store_url)
+        # One connection pool for everything upstream (no limit of its own: the concurrency gate bounds the
+        # requests in flight); the client, for health checks, sits on it too.
+        transport = StreamTransport()
+        async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
+            gateway = Gateway(settings, store, transport, metrics)
+            # One round before serving, so /readyz and routing start from the backends' real state.
+            await gateway.pool.check_all(client, settings.health_timeout_s)
+            watcher = asyncio.create_task(
+                gateway.pool.watch(client, settings.health_interval_s, settings.health_timeout_s)
+            )
+            app.state.gateway = gateway
+            try:
+                yield
+            finally:
+                app.state.gateway = None
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+    app = FastAPI(
+        title="SOPPU gateway",
+        summary="Authenticates users and services, resolves each user's adapter, routes to LoRAX-compatible backends",
+        version=version("soppu"),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.gateway = None
+    app.add_exception_handler(GatewayError, _on_gateway_error)
+    app.add_exception_handler(RequestValidationError, _on_request_invalid)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+    for module in (lorax, openai, ops):
+        app.include_router(module.router)
+    routes = frozenset(getattr(route, "path", "") for m in (lorax, openai, ops) for route in m.router.routes)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics, routes=routes)
+    return app

@@ -1,0 +1,102 @@
+"""The gateway's error tree. Every refusal answers with LoRAX's body ``{"error": message, "error_type": code}``
+(``lorax-client`` parses it) and a stable code::
+
+    GatewayError                 base: .status, .error_type, .message, .headers
+    ├── Unauthorized        401  unauthorized        no key, or an unknown / malformed / revoked one
+    ├── Forbidden           403  forbidden           the key may not act for that user, or not as admin
+    ├── AdapterNotFound     404  adapter_not_found   the user has no adapter of that name
+    ├── RequestTooLarge     413  request_too_large   the body is over max_body_bytes
+    ├── InvalidRequest      422  validation          a bad field (named in the message)
+    ├── RateLimited         429  rate_limited        a per-user bucket is empty (Retry-After)
+    ├── Overloaded          503  overloaded          the global concurrency cap is reached (Retry-After)
+    ├── NoBackend           503  no_backend          no healthy backend, or none could be reached
+    ├── StoreDown           503  store_unavailable   the bucket could not be read
+    └── UpstreamTimeout     504  upstream_timeout    the backend took longer than upstream_timeout_s
+
+Errors a backend answers with (422 validation, 424 generation, 429 overloaded ...) are not raised: they pass
+through with their status and body. Codes never change meaning once released.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = [
+    "AdapterNotFound",
+    "Forbidden",
+    "GatewayError",
+    "InvalidRequest",
+    "NoBackend",
+    "Overloaded",
+    "RateLimited",
+    "RequestTooLarge",
+    "StoreDown",
+    "Unauthorized",
+    "UpstreamTimeout",
+]
+
+
+class GatewayError(Exception):
+    status: int = 500
+    error_type: str = "internal"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.message, "error_type": self.error_type}
+
+
+class Unauthorized(GatewayError):
+    status, error_type = 401, "unauthorized"
+
+    def __init__(self, message: str = "a valid API key is required (Authorization: Bearer or X-API-Key)") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(GatewayError):
+    status, error_type = 403, "forbidden"
+
+
+class AdapterNotFound(GatewayError):
+    status, error_type = 404, "adapter_not_found"
+
+
+class RequestTooLarge(GatewayError):
+    status, error_type = 413, "request_too_large"
+
+
+class InvalidRequest(GatewayError):
+    status, error_type = 422, "validation"
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+class RateLimited(GatewayError):
+    status, error_type = 429, "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, headers=_retry_after(retry_after_s))
+
+
+class Overloaded(GatewayError):
+    status, error_type = 503, "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, headers=_retry_after(retry_after_s))
+
+
+class NoBackend(GatewayError):
+    status, error_type = 503, "no_backend"
+
+
+class StoreDown(GatewayError):
+    status, error_type = 503, "store_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status, error_type = 504, "upstream_timeout"

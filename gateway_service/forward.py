@@ -1,0 +1,250 @@
+"""The generation routes' work: admit the request, resolve the adapter, build the upstream body for each
+backend kind, forward it, and shape what comes back.
+
+What is forwarded is rebuilt from the parsed request, never copied: the upstream body carries the gateway's
+adapter id and source (never the client's), no ``api_token``, no ``merged_adapters`` (it would name other
+users' adapters), and ``max_new_tokens`` with the default and cap applied; the upstream headers are only
+content type, request id and W3C trace context, so no ``Authorization``, ``X-API-Key`` or cookie reaches a
+backend. Successful answers pass through as bytes (JSON) or event by event (SSE); the OpenAI routes put the
+adapter name back where the backend echoes its storage id (``model``). Backend errors keep their status.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncGenerator, Callable
+from enum import Enum
+from typing import Any
+
+import httpx
+from fastapi import Response
+
+from soppu.auth import Role
+
+from .errors import InvalidRequest
+from .routing import Backend
+from .schemas import ChatCompletionRequest, CompletionRequest, GenerateRequest
+from .service import Call, Target
+from .sse import EventStreamResponse, error_event, split_events
+from .upstream import BodyFor, Reply, StreamReply
+
+__all__ = ["Mode", "generate", "openai"]
+
+_LORAX_NOT_FORWARDED = frozenset({"adapter_id", "adapter_source", "api_token", "merged_adapters"})
+_OPENAI_NOT_FORWARDED = frozenset({"model", "user_id", "user", "adapter_source", "api_token", "max_completion_tokens"})
+_PASSED_HEADERS = ("x-prompt-tokens", "x-generated-tokens", "x-total-tokens", "retry-after")
+Counter = Callable[[bytes], int]  # generated tokens in one SSE event
+Rewrite = Callable[[bytes], bytes]
+
+
+class Mode(Enum):
+    JSON = "json"  # POST /generate
+    LIST = "list"  # POST / without stream: lorax-client reads element 0 of a list
+    STREAM = "stream"  # POST /generate_stream, or POST / with stream
+
+
+def _lorax_tokens(event: bytes) -> int:
+    return 1 if b'"token":{' in event else 0
+
+
+def _openai_tokens(event: bytes) -> int:
+    # One chunk per token; the closing chunk carries a finish reason instead of null.
+    return 1 if b'"finish_reason":null' in event else 0
+
+
+def _admit(call: Call, named_user: str | None) -> str:
+    gateway = call.gateway
+    user = gateway.acting_user(call.principal, named_user)
+    call.state["user"] = user
+    gateway.limiter.admit(user)
+    return user
+
+
+def _upstream_error(reply: Reply) -> Response:
+    """The backend's error with its status; a body that is not LoRAX's shape is wrapped into it."""
+    content = reply.content
+    try:
+        parsed = json.loads(content)
+        ok = isinstance(parsed, dict) and "error" in parsed
+    except ValueError:
+        ok = False
+    if not ok:
+        text = content[:200].decode(errors="replace")
+        content = json.dumps({"error": f"backend answered {reply.status}: {text}", "error_type": "upstream"}).encode()
+    headers = {"retry-after": reply.headers["retry-after"]} if "retry-after" in reply.headers else None
+    return Response(content, status_code=reply.status, headers=headers, media_type="application/json")
+
+
+def _charge(call: Call, user: str, tokens: int) -> None:
+    call.gateway.limiter.charge_tokens(user, tokens)
+    call.gateway.metrics.tokens.inc(tokens)
+
+
+class _Relay:
+    """One upstream stream relayed to the client event by event; ``close`` releases everything once."""
+
+    def __init__(self, call: Call, user: str, reply: StreamReply, count: Counter, rewrite: Rewrite | None) -> None:
+        self._call, self._user, self._reply = call, user, reply
+        self._count, self._rewrite = count, rewrite
+        self._tokens = 0
+        self._closed = False
+
+    async def events(self) -> AsyncGenerator[bytes, None]:
+        metrics = self._call.gateway.metrics
+        try:
+            async for event in split_events(self._reply.response.aiter_bytes()):
+                tokens = self._count(event)
+                if tokens and not self._tokens:
+                    route = self._call.state.get("route", "other")
+                    metrics.first_token.labels(route=route).observe(time.perf_counter() - self._call.started)
+                self._tokens += tokens
+                if not tokens and event.startswith(b'data: {"error"'):
+                    metrics.stream_errors.labels(error_type=_error_type(event)).inc()
+                yield self._rewrite(event) if self._rewrite else event
+        except httpx.TimeoutException:
+            metrics.stream_errors.labels(error_type="upstream_timeout").inc()
+            yield error_event("the backend sent nothing in time", "upstream_timeout")
+        except httpx.TransportError:
+            metrics.stream_errors.labels(error_type="upstream_disconnected").inc()
+            yield error_event("the connection to the backend broke", "upstream_disconnected")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._reply.close()  # an unfinished stream's connection closes: the backend stops generating
+        finally:
+            self._call.gateway.gate.leave()
+            _charge(self._call, self._user, self._tokens)
+
+
+def _error_type(event: bytes) -> str:
+    try:
+        return str(json.loads(event.removeprefix(b"data: "))["error_type"])[:64]
+    except (ValueError, KeyError, TypeError):
+        return "unknown"
+
+
+async def _forward(
+    call: Call,
+    user: str,
+    target: Target,
+    path: str,
+    body_for: BodyFor,
+    stream: tuple[Counter, Callable[[Backend], Rewrite | None]] | None,
+) -> Response | Reply:
+    """Send to the planned backends. A stream comes back as the response (it now owns the gate slot);
+    a JSON answer comes back as the Reply, errors already turned into responses."""
+    gateway = call.gateway
+    plan = gateway.pool.plan(target.affinity)
+    if stream is None:
+        reply = await gateway.upstream.post(plan, path, body_for, call.upstream_headers)
+        call.state["backend"] = reply.backend.url
+        return reply if reply.status == 200 else _upstream_error(reply)
+    opened = await gateway.upstream.open_stream(plan, path, body_for, call.upstream_headers)
+    call.state["backend"] = opened.backend.url
+    if isinstance(opened, Reply):
+        return _upstream_error(opened)
+    count, rewrite_for = stream
+    relay = _Relay(call, user, opened, count, rewrite_for(opened.backend))
+    return EventStreamResponse(relay.events(), on_close=relay.close, headers=target.response_headers())
+
+
+async def _guarded(call: Call, work: Callable[[], Any]) -> Response:
+    """Run ``work`` inside the global concurrency cap; a returned event stream keeps its slot until it ends."""
+    gate = call.gateway.gate
+    gate.enter()
+    handed_over = False
+    try:
+        response: Response = await work()
+        handed_over = isinstance(response, EventStreamResponse)
+        return response
+    finally:
+        if not handed_over:
+            gate.leave()
+
+
+async def generate(call: Call, body: GenerateRequest, mode: Mode) -> Response:
+    """``/generate``, ``/generate_stream`` and ``/``."""
+    p = body.parameters
+    if p.merged_adapters is not None:
+        raise InvalidRequest("`parameters.merged_adapters` is not allowed through the gateway: it names other adapters")
+    gateway = call.gateway
+    user = _admit(call, body.user_id)
+    params = p.model_dump(exclude_none=True, exclude=_LORAX_NOT_FORWARDED)
+    params["max_new_tokens"] = gateway.max_new_tokens(p.max_new_tokens)
+
+    async def work() -> Response:
+        target = await gateway.target(user, body.adapter or p.adapter_id)
+
+        def body_for(backend: Backend) -> bytes:
+            adapter = target.for_kind(backend.kind)
+            chosen = {"adapter_id": adapter.adapter_id, "adapter_source": adapter.adapter_source} if adapter else {}
+            return json.dumps({"inputs": body.inputs, "parameters": {**params, **chosen}}).encode()
+
+        if mode is Mode.STREAM:
+            answer = await _forward(call, user, target, "/generate_stream", body_for, (_lorax_tokens, lambda _: None))
+            assert isinstance(answer, Response)
+            return answer
+        answer = await _forward(call, user, target, "/generate", body_for, None)
+        if isinstance(answer, Response):
+            return answer
+        generated = answer.headers.get("x-generated-tokens")
+        _charge(call, user, int(generated) if generated and generated.isdigit() else 0)
+        content = answer.content if mode is Mode.JSON else b"[" + answer.content + b"]"
+        headers = {k: answer.headers[k] for k in _PASSED_HEADERS if k in answer.headers}
+        headers.update(target.response_headers())
+        return Response(content, headers=headers, media_type="application/json")
+
+    return await _guarded(call, work)
+
+
+async def openai(call: Call, body: CompletionRequest | ChatCompletionRequest, path: str) -> Response:
+    """``/v1/completions`` and ``/v1/chat/completions``: ``model`` is the adapter name."""
+    gateway = call.gateway
+    named = body.user_id or (body.user if call.principal.role is not Role.USER else None)
+    user = _admit(call, named)
+    fields = body.model_dump(exclude_none=True, exclude=_OPENAI_NOT_FORWARDED)
+    asked = body.max_completion_tokens if isinstance(body, ChatCompletionRequest) else None
+    fields["max_tokens"] = gateway.max_new_tokens(asked or body.max_tokens)
+
+    async def work() -> Response:
+        target = await gateway.target(user, body.model)
+
+        def model_for(backend: Backend) -> dict[str, str]:
+            adapter = target.for_kind(backend.kind)
+            if adapter is None:  # the base model: the backend's own model id names it
+                return {"model": backend.model_id or "default"}
+            return {"model": adapter.adapter_id, "adapter_source": adapter.adapter_source}
+
+        def body_for(backend: Backend) -> bytes:
+            return json.dumps({**fields, **model_for(backend)}).encode()
+
+        def rewrite_for(backend: Backend) -> Rewrite:
+            sent, shown = json.dumps(model_for(backend)["model"]).encode(), json.dumps(body.model).encode()
+            # Compact JSON (the engine, LoRAX) or Python's default spacing; only the `model` field is touched.
+            pairs = [(b'"model":' + gap + sent, b'"model":' + gap + shown) for gap in (b"", b" ")]
+
+            def rewrite(event: bytes) -> bytes:
+                for old, new in pairs:
+                    event = event.replace(old, new)
+                return event
+
+            return rewrite
+
+        if body.stream:
+            answer = await _forward(call, user, target, path, body_for, (_openai_tokens, rewrite_for))
+            assert isinstance(answer, Response)
+            return answer
+        answer = await _forward(call, user, target, path, body_for, None)
+        if isinstance(answer, Response):
+            return answer
+        data = json.loads(answer.content)
+        data["model"] = body.model
+        usage = data.get("usage") or {}
+        _charge(call, user, int(usage.get("completion_tokens") or 0))
+        return Response(json.dumps(data).encode(), headers=target.response_headers(), media_type="application/json")
+
+    return await _guarded(call, work)

@@ -1,0 +1,118 @@
+"""Admission limits: per-user token buckets on requests and on generated tokens, and a global cap on
+concurrent requests that fails fast instead of queueing.
+
+The token bucket is charged after the fact, because a request's generated tokens are known only when it ends:
+a user may run into debt, and is refused (with the time until the debt is repaid as Retry-After) until the
+bucket is back at zero. So bursts stay bounded by ``user_token_burst`` plus the requests already in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import Overloaded, RateLimited
+
+__all__ = ["ConcurrencyGate", "TokenBucket", "UserLimiter"]
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    rate: float  # refills per second; 0 means unlimited
+    burst: float
+    level: float
+    stamp: float
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.burst, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until ``amount`` is available (0 when it is now)."""
+        return 0.0 if self.level >= amount else (amount - self.level) / self.rate
+
+
+class UserLimiter:
+    def __init__(
+        self,
+        requests_per_s: float,
+        request_burst: int,
+        tokens_per_s: float,
+        token_burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_users: int = 100_000,
+        on_limited: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self._requests = (requests_per_s, float(request_burst))
+        self._tokens = (tokens_per_s, float(token_burst))
+        self._clock = clock
+        self._max_users = max_users
+        self._on_limited = on_limited
+        self._users: dict[str, tuple[TokenBucket, TokenBucket]] = {}
+
+    def _buckets(self, user_id: str, now: float) -> tuple[TokenBucket, TokenBucket]:
+        buckets = self._users.get(user_id)
+        if buckets is None:
+            if len(self._users) >= self._max_users:
+                self._forget_idle(now)
+            (rr, rb), (tr, tb) = self._requests, self._tokens
+            buckets = self._users[user_id] = (TokenBucket(rr, rb, rb, now), TokenBucket(tr, tb, tb, now))
+        return buckets
+
+    def _forget_idle(self, now: float) -> None:
+        # A user whose buckets have refilled completely is indistinguishable from one never seen.
+        for user_id, (req, tok) in list(self._users.items()):
+            req.refill(now)
+            tok.refill(now)
+            if req.level >= req.burst and tok.level >= tok.burst:
+                del self._users[user_id]
+
+    def admit(self, user_id: str) -> None:
+        """Take one request from ``user_id``'s bucket, or raise RateLimited."""
+        now = self._clock()
+        requests, tokens = self._buckets(user_id, now)
+        if requests.rate > 0:
+            requests.refill(now)
+            if requests.level < 1:
+                self._on_limited("requests")
+                raise RateLimited(
+                    f"rate limit: at most {requests.rate:g} requests/s (burst {requests.burst:g})",
+                    requests.wait_for(1),
+                )
+        if tokens.rate > 0:
+            tokens.refill(now)
+            if tokens.level < 0:
+                self._on_limited("tokens")
+                raise RateLimited(
+                    f"rate limit: at most {tokens.rate:g} generated tokens/s (burst {tokens.burst:g})",
+                    tokens.wait_for(0),
+                )
+        if requests.rate > 0:
+            requests.level -= 1
+
+    def charge_tokens(self, user_id: str, generated: int) -> None:
+        """Charge ``generated`` tokens to ``user_id`` (may go negative; see the module docstring)."""
+        if generated <= 0 or self._tokens[0] <= 0:
+            return
+        now = self._clock()
+        _, tokens = self._buckets(user_id, now)
+        tokens.refill(now)
+        tokens.level -= generated
+
+
+class ConcurrencyGate:
+    """At most ``limit`` requests inside at once; the next one is refused at once (503 overloaded)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inside = 0
+
+    def enter(self) -> None:
+        if self.inside >= self.limit:
+            raise Overloaded(f"the gateway is at its limit of {self.limit} concurrent requests")
+        self.inside += 1
+
+    def leave(self) -> None:
+        self.inside -= 1

@@ -1,0 +1,146 @@
+"""The gateway's parts wired together (:class:`Gateway`, one per app, on ``app.state``) and the decisions every
+route shares: who a request acts for, whether it is admitted, and which adapter it is served with.
+
+A ``user`` key acts for its own user only (a ``user_id`` naming anyone else is 403); ``service`` and ``admin``
+keys must name the user. The ``no_adapter`` policy applies to the ``default`` adapter: a user without one gets
+the base model (``base``) or 404 (``404``); a missing adapter asked for by any other name is always 404,
+because silently answering with the base model would hide a typo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from soppu.auth import Principal, Role
+from soppu.errors import InvalidName, StoreUnavailable
+from soppu.store.base import ObjectStore
+from soppu.store.layout import check_name, pointer_key
+
+from .errors import AdapterNotFound, Forbidden, InvalidRequest, StoreDown
+from .keys import KeyCache
+from .limits import ConcurrencyGate, UserLimiter
+from .metrics import GatewayMetrics
+from .resolution import AdapterTarget, Resolution, Resolver
+from .routing import BackendPool
+from .settings import BackendKind, GatewaySettings
+from .upstream import Upstream
+
+__all__ = ["DEFAULT_ADAPTER", "Call", "Gateway", "Target"]
+
+DEFAULT_ADAPTER = "default"
+
+
+def valid_name(value: str, field: str) -> str:
+    try:
+        return check_name(value, field)
+    except InvalidName as e:
+        raise InvalidRequest(f"`{field}`={value!r}: {e.message}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a request is served with: a resolved adapter version, or the base model (``resolution`` None)."""
+
+    user_id: str
+    adapter: str
+    resolution: Resolution | None
+
+    @property
+    def affinity(self) -> str:
+        return self.resolution.affinity if self.resolution else "<base>"
+
+    def for_kind(self, kind: BackendKind) -> AdapterTarget | None:
+        return self.resolution.targets[kind] if self.resolution else None
+
+    def response_headers(self) -> dict[str, str]:
+        if self.resolution is None:
+            return {"x-adapter-source": "base"}
+        return {"x-adapter-id": self.adapter, "x-adapter-version": str(self.resolution.version)}
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as the routes see it: the gateway, who is calling, and what to forward upstream."""
+
+    gateway: Gateway
+    principal: Principal
+    state: dict[str, Any]  # the ASGI scope's state: request id, start time; routes add backend and user for logs
+    upstream_headers: dict[str, str]
+
+    @property
+    def started(self) -> float:
+        started: float = self.state["started"]
+        return started
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        store: ObjectStore,
+        transport: httpx.AsyncBaseTransport,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+        self.keys = KeyCache(store, admin_key, settings.key_cache_ttl_s)
+        self.resolver = Resolver(store, settings.resolution_ttl_s, lambda r: metrics.lookups.labels(result=r).inc())
+        self.pool = BackendPool(settings.backends, settings.virtual_nodes, settings.load_factor)
+        self.limiter = UserLimiter(
+            settings.user_requests_per_s,
+            settings.user_request_burst,
+            settings.user_tokens_per_s,
+            settings.user_token_burst,
+            on_limited=lambda limit: metrics.limited.labels(limit=limit).inc(),
+        )
+        self.gate = ConcurrencyGate(settings.max_concurrent_requests)
+        timeout = httpx.Timeout(settings.upstream_timeout_s, connect=settings.connect_timeout_s)
+        self.upstream = Upstream(transport, timeout, settings.retries, settings.retry_backoff_s, metrics)
+        metrics.watch(self.pool.backends, lambda: self.gate.inside)
+
+    def acting_user(self, principal: Principal, named: str | None) -> str:
+        if principal.role is Role.USER:
+            if named is not None and named != principal.user_id:
+                raise Forbidden("a user key acts for its own user only")
+            assert principal.user_id is not None  # a user key always names its user
+            return principal.user_id
+        if not named:
+            raise InvalidRequest(f"`user_id` is required with a {principal.role.value} key")
+        return valid_name(named, "user_id")
+
+    async def target(self, user_id: str, adapter: str | None) -> Target:
+        name = valid_name(adapter or DEFAULT_ADAPTER, "adapter")
+        resolution = await self.resolver.resolve(user_id, name)
+        if resolution is None:
+            if name == DEFAULT_ADAPTER and self.settings.no_adapter == "base":
+                return Target(user_id, name, None)
+            raise AdapterNotFound(f"no adapter {name!r} for this user")
+        return Target(user_id, name, resolution)
+
+    def max_new_tokens(self, asked: int | None) -> int:
+        """The default when unset; clamped to the cap (a longer ask ends with finish_reason ``length``)."""
+        return min(asked or self.settings.default_max_new_tokens, self.settings.max_new_tokens_cap)
+
+    async def adapter_names(self, user_id: str) -> list[str]:
+        # pointers/{user}/{adapter}/current.json: the layout's own key, cut around the adapter name
+        head, _, pointer_name = pointer_key(user_id, DEFAULT_ADAPTER).partition(f"/{DEFAULT_ADAPTER}/")
+        prefix = head + "/"
+        try:
+            infos = await asyncio.to_thread(lambda: list(self.store.list(prefix)))
+        except StoreUnavailable as e:
+            raise StoreDown(f"cannot list adapters: {e.message}") from e
+        names = (info.key[len(prefix) :].split("/") for info in infos)
+        return sorted({parts[0] for parts in names if len(parts) == 2 and parts[1] == pointer_name})
+
+    async def store_ready(self) -> bool:
+        try:
+            await asyncio.to_thread(self.store.check)
+        except StoreUnavailable:
+            return False
+        return True

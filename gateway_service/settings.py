@@ -1,0 +1,95 @@
+"""The gateway's settings: one ``BaseSettings`` read from ``SOPPU_GATEWAY_*`` environment variables, plus the
+two names every service shares: ``SOPPU_STORE_URL`` (the bucket, ``s3://bucket`` or a directory; S3 endpoint and
+credentials come from ``S3_ENDPOINT_URL`` / ``AWS_*`` as boto3 reads them) and ``SOPPU_ADMIN_KEY``.
+
+The command line (``python -m gateway_service --port ...``) overrides them; see ``__main__``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["BackendConfig", "BackendKind", "GatewaySettings", "get_settings"]
+
+
+class BackendKind(StrEnum):
+    """What a backend can load: ``lorax`` takes PEFT exports only; ``engine`` (ours) also takes SOPPU cores."""
+
+    ENGINE = "engine"
+    LORAX = "lorax"
+
+
+class BackendConfig(BaseModel):
+    url: str = Field(description="base URL, e.g. http://127.0.0.1:8082")
+    kind: BackendKind = BackendKind.ENGINE
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"backend url must start with http:// or https://, got {url!r}")
+        return url.rstrip("/")
+
+
+class GatewaySettings(BaseSettings):
+    # populate_by_name: tests and the CLI pass store_url=/admin_key= by name; the environment uses the aliases.
+    model_config = SettingsConfigDict(env_prefix="SOPPU_GATEWAY_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    store_url: str = Field(
+        ".cache/store",
+        validation_alias=AliasChoices("SOPPU_STORE_URL", "store_url"),
+        description="s3://bucket, file:///path or a directory (env SOPPU_STORE_URL)",
+    )
+    admin_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("SOPPU_ADMIN_KEY", "admin_key"),
+        description="the admin key (env SOPPU_ADMIN_KEY); unset: no admin access",
+    )
+    backends: list[BackendConfig] = Field(
+        default_factory=lambda: [BackendConfig(url="http://127.0.0.1:8082")],
+        description='JSON list, e.g. [{"url": "http://127.0.0.1:8082", "kind": "engine"}]',
+    )
+    no_adapter: Literal["base", "404"] = Field(
+        "404", description="a user without a `default` adapter: serve the base model, or answer 404"
+    )
+    resolution_ttl_s: float = Field(2.0, ge=0, description="how long a user->adapter resolution is trusted")
+    key_cache_ttl_s: float = Field(2.0, ge=0, description="how long an authenticated key is trusted")
+    # Per-user token buckets; a rate of 0 switches that limit off.
+    user_requests_per_s: float = Field(20.0, ge=0)
+    user_request_burst: int = Field(40, ge=1)
+    user_tokens_per_s: float = Field(2000.0, ge=0, description="generated tokens per second")
+    user_token_burst: int = Field(20000, ge=1)
+    max_concurrent_requests: int = Field(512, ge=1, description="requests beyond this answer 503 at once")
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    default_max_new_tokens: int = Field(64, ge=1, description="applied when a request sets none")
+    max_new_tokens_cap: int = Field(512, ge=1, description="larger requests are clamped to this")
+    upstream_timeout_s: float = Field(120.0, gt=0, description="per upstream request (between events, streaming)")
+    connect_timeout_s: float = Field(2.0, gt=0)
+    retries: int = Field(2, ge=0, description="extra attempts after a 429 or a connection error (not streams)")
+    retry_backoff_s: float = Field(0.05, ge=0, description="first backoff; doubles per retry")
+    health_interval_s: float = Field(2.0, gt=0)
+    health_timeout_s: float = Field(1.0, gt=0)
+    virtual_nodes: int = Field(64, ge=1, description="points per backend on the consistent-hash ring")
+    load_factor: float = Field(1.25, ge=1.0, description="bounded load: skip a backend over this x average")
+
+    @field_validator("backends")
+    @classmethod
+    def _some_backend(cls, backends: list[BackendConfig]) -> list[BackendConfig]:
+        if not backends:
+            raise ValueError("at least one backend is needed")
+        urls = [b.url for b in backends]
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"duplicate backend urls in {urls}")
+        return backends
+
+
+@lru_cache
+def get_settings() -> GatewaySettings:
+    return GatewaySettings()

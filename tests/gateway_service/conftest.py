@@ -1,0 +1,126 @@
+"""The gateway as real processes: ``python -m gateway_service`` in front of (a) the real engine on the example
+model, both reading a moto S3 bucket where the example users are published, and (b) two stub backends
+(``bench/_stub_backend.py``) that record what they receive, over a local-directory store."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gateway_support import ADMIN_KEY, REPO_ROOT, Deployment, ExampleUser, load_users, publish, start_stub
+from processes import ServiceProcess, start_service
+
+from soppu.auth import KeyRing, Role
+from soppu.store import LocalStore, S3Store
+
+_S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+_QUIET = {"OMP_NUM_THREADS": "1"}  # tiny matrices: threads only add barriers on a shared box
+
+
+def _gateway(log: Path, store_url: str, backends: list[dict[str, str]], env: dict[str, str]) -> ServiceProcess:
+    settings = {
+        "SOPPU_STORE_URL": store_url,
+        "SOPPU_ADMIN_KEY": ADMIN_KEY,
+        "SOPPU_GATEWAY_BACKENDS": json.dumps(backends),
+        "SOPPU_GATEWAY_HEALTH_INTERVAL_S": "0.5",
+        "SOPPU_GATEWAY_RETRY_BACKOFF_S": "0.01",
+        **_QUIET,
+        **env,
+    }
+
+    def command(port: int) -> list[str]:
+        return [sys.executable, "-m", "gateway_service", "--port", str(port)]
+
+    return start_service(command, log=log, ready_path="/healthz", env=settings, timeout_s=60, cwd=REPO_ROOT)
+
+
+@pytest.fixture(scope="session")
+def example_set(examples_dir: Path) -> tuple[list[ExampleUser], dict[str, str]]:
+    return load_users(examples_dir)
+
+
+@pytest.fixture(scope="session")
+def published(
+    moto_server: str, example_set: tuple[list[ExampleUser], dict[str, str]]
+) -> tuple[S3Store, dict[str, str]]:
+    """A fresh bucket holding every example user's adapter as version 1, and a user key for each."""
+    store = S3Store(f"gw-{uuid.uuid4().hex[:12]}", endpoint_url=moto_server, access_key="testing",
+                    secret_key="testing", region="us-east-1")  # fmt: skip
+    store.ensure_bucket()
+    ring = KeyRing(store)
+    keys = {}
+    for user in example_set[0]:
+        publish(store, user.user_id, user.adapter_dir, 1)
+        keys[user.user_id] = ring.issue(Role.USER, user.user_id)[0]
+    return store, keys
+
+
+@pytest.fixture(scope="session")
+def engine_gateway(
+    tmp_path_factory: pytest.TempPathFactory, examples_dir: Path, moto_server: str, published: tuple[S3Store, dict]
+) -> Iterator[Deployment]:
+    """The gateway in front of the real engine, both on the moto bucket."""
+    store, keys = published
+    logs = tmp_path_factory.mktemp("engine_gateway")
+    s3 = {"S3_ENDPOINT_URL": moto_server, **_S3_ENV}
+    model = str(examples_dir / "base")
+
+    def engine_command(port: int) -> list[str]:
+        return [sys.executable, "-m", "inference_service", "--port", str(port), "--model", model, "--device", "cpu"]
+
+    engine = start_service(engine_command, log=logs / "engine.log", env={**s3, **_QUIET}, timeout_s=120, cwd=REPO_ROOT)
+    env = {**s3, "SOPPU_GATEWAY_RESOLUTION_TTL_S": "1", "SOPPU_GATEWAY_KEY_CACHE_TTL_S": "1"}
+    try:
+        gateway = _gateway(logs / "gateway.log", store.url, [{"url": engine.url, "kind": "engine"}], env)
+    except BaseException:
+        engine.stop()
+        raise
+    service_key = KeyRing(store).issue(Role.SERVICE)[0]
+    deployment = Deployment(gateway.url, store, keys, service_key, gateway, [engine])
+    try:
+        yield deployment
+    finally:
+        gateway.stop()
+        engine.stop()
+
+
+@pytest.fixture(scope="module")
+def stub_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """The gateway in front of two recording stub backends, on a local-directory store, with small limits."""
+    logs = tmp_path_factory.mktemp("stub_gateway")
+    store = LocalStore(logs / "store")
+    ring = KeyRing(store)
+    keys = {}
+    for n in range(16):
+        publish(store, f"u{n:02d}", None, 1)
+        keys[f"u{n:02d}"] = ring.issue(Role.USER, f"u{n:02d}")[0]
+    stubs = [start_stub(logs / "stub-a.log"), start_stub(logs / "stub-b.log")]
+    env = {
+        "SOPPU_GATEWAY_USER_REQUESTS_PER_S": "1",
+        "SOPPU_GATEWAY_USER_REQUEST_BURST": "6",
+        "SOPPU_GATEWAY_USER_TOKENS_PER_S": "10",
+        "SOPPU_GATEWAY_USER_TOKEN_BURST": "50",
+        "SOPPU_GATEWAY_DEFAULT_MAX_NEW_TOKENS": "4",
+        "SOPPU_GATEWAY_MAX_NEW_TOKENS_CAP": "16",
+        "SOPPU_GATEWAY_MAX_BODY_BYTES": "4096",
+        "SOPPU_GATEWAY_MAX_CONCURRENT_REQUESTS": "3",
+    }
+    backends = [{"url": stubs[0].url, "kind": "engine"}, {"url": stubs[1].url, "kind": "lorax"}]
+    try:
+        gateway = _gateway(logs / "gateway.log", str(store.root), backends, env)
+    except BaseException:
+        for stub in stubs:
+            stub.stop()
+        raise
+    deployment = Deployment(gateway.url, store, keys, service_key=ring.issue(Role.SERVICE)[0], process=gateway)
+    deployment.backends = stubs
+    try:
+        yield deployment
+    finally:
+        gateway.stop()
+        for stub in deployment.backends:  # the failover test replaces the ones it stopped
+            stub.stop()
