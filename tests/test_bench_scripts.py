@@ -19,6 +19,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("adapter_io.py", ["--iterations", "1"]),
         ("compression.py", ["--quick"]),
         ("engine.py", ["--quick"]),
+        ("gateway.py", ["--quick"]),
+        ("compressor.py", ["--quick"]),
     ],
 )
 def test_bench_script_prints_a_report_with_ratios(script: str, args: list[str]) -> None:
@@ -38,4 +40,6 @@ def test_every_bench_script_is_covered() -> None:
         "adapter_io.py",
         "compression.py",
         "engine.py",
+        "gateway.py",
+        "compressor.py",
     }  # a new script needs a smoke test above

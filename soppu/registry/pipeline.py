@@ -137,7 +137,9 @@ class Pipeline:
             compressed = project(compression, name, original, device=self.policy.device)
             compression = replace(compression, adapters=[compressed])
         report = self._publish(version, state, compression, compressed, original, files)
-        state.members[key] = version.version
+        # Jobs of one adapter may finish out of order (concurrent uploads): the member stays its latest version,
+        # as the pointer does, so a refit never republishes an older upload over a newer one.
+        state.members[key] = max(version.version, state.members.get(key, 0))
         if report["served_from"] == ServedFrom.ORIGINAL and key not in state.pending:
             state.pending.append(key)
             state.needs_refit = True
@@ -245,7 +247,7 @@ class Pipeline:
         originals = {}
         for key, number in members:
             user, adapter = key.split("/")
-            originals[key] = self.read_original(AdapterVersion(user, adapter, number))
+            originals[key] = self._newest_original(state, user, adapter, number)
         named = [(_core_name(AdapterVersion(*key.split("/"), number)), originals[key][0]) for key, number in members]
         compression = compress(named, **self._compress_args())
         old_basis = state.basis_key
@@ -266,6 +268,22 @@ class Pipeline:
         if old_basis and old_basis != state.basis_key:
             self._retire(old_basis, state)
         return {"cohort": state.cohort, "basis_version": state.basis_version, "members": published}
+
+    def _newest_original(
+        self, state: CohortState, user: str, adapter: str, number: int
+    ) -> tuple[LoraAdapter, dict[str, bytes]]:
+        """The member's newest upload of this cohort. A newer upload than the member's version may still wait for
+        its job: the refit must publish its content, since the refit's new version outnumbers it and the
+        pointer never moves back to it."""
+        from soppu.registry.versions import latest_version
+
+        newest = latest_version(self.store, user, adapter)
+        if newest > number:
+            with contextlib.suppress(ObjectNotFound):  # an upload withdrawn after losing an idempotency race
+                original = self.read_original(AdapterVersion(user, adapter, newest))
+                if cohort_name(original[0]) == state.cohort:
+                    return original
+        return self.read_original(AdapterVersion(user, adapter, number))
 
     def _retire(self, old_basis: str, state: CohortState) -> None:
         """Delete a replaced basis and every core and export built on it: the data of whoever fitted it (maybe

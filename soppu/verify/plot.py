@@ -11,8 +11,10 @@ safe in servers, workers and threads.
 
 from __future__ import annotations
 
+import io
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from matplotlib.figure import Figure
 
 from soppu.compression.model import Compression, Mode
 
-__all__ = ["module_position", "plot_errors"]
+__all__ = ["module_position", "plot_errors", "plot_module_errors"]
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 # The usual order of a transformer block's projections; other kinds follow alphabetically.
@@ -55,6 +57,30 @@ def plot_errors(compression: Compression, path: Path | str, *, title: str | None
     for adapter in compression.adapters:
         for module, error in adapter.errors.items():
             points[module_position(module)].append(float(error))
+    figure = _draw(
+        points,
+        title
+        or f"Reconstruction error per layer: JD-{Mode(compression.mode).value}, {_rank_label(compression)}, "
+        f"{len(compression.adapters)} adapters\n(bars: mean over adapters, dots: each adapter)",
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def plot_module_errors(errors: Mapping[str, float], title: str) -> bytes:
+    """The same per-layer plot for ONE adapter's module -> relative error (a job report's ``errors``), as PNG
+    bytes: what the compressor service answers for a version's ``report.png``."""
+    points: dict[tuple[int | None, str], list[float]] = defaultdict(list)
+    for module, error in errors.items():
+        points[module_position(module)].append(float(error))
+    buffer = io.BytesIO()
+    _draw(points, title).savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _draw(points: Mapping[tuple[int | None, str], list[float]], title: str) -> Figure:
     layers = sorted({layer for layer, _ in points if layer is not None})
     groups: list[int | None] = [*layers, *([None] if any(layer is None for layer, _ in points) else [])]
     kinds = sorted({kind for _, kind in points}, key=_kind_key)
@@ -84,19 +110,10 @@ def plot_errors(compression: Compression, path: Path | str, *, title: str | None
     axes.set_ylabel("relative Frobenius error")
     axes.set_ylim(bottom=0)
     axes.grid(axis="y", alpha=0.3, zorder=0)
-    axes.set_title(
-        title
-        or f"Reconstruction error per layer: JD-{Mode(compression.mode).value}, {_rank_label(compression)}, "
-        f"{len(compression.adapters)} adapters\n(bars: mean over adapters, dots: each adapter)",
-        fontsize=10,
-    )
+    axes.set_title(title, fontsize=10)
     if kinds:  # outside the axes, so it never hides a bar or a dot
         axes.legend(title="module", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         axes.text(0.5, 0.5, "no errors recorded", transform=axes.transAxes, ha="center", va="center")
     figure.tight_layout()
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", metadata={"Software": None})
-    return path
+    return figure

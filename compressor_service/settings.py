@@ -1,0 +1,112 @@
+"""The compressor's settings: one ``BaseSettings`` read from ``SOPPU_COMPRESSOR_*`` environment variables, plus
+the names every service shares: ``SOPPU_STORE_URL`` (the bucket, ``s3://bucket`` or a directory; the S3 endpoint
+and credentials come from ``S3_ENDPOINT_URL`` / ``AWS_*`` as boto3 reads them, and are never kept here) and
+``SOPPU_ADMIN_KEY``.
+
+The command line (``python -m compressor_service --port ...``) overrides them; see ``__main__``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from soppu.adapter import DEFAULT_LIMITS, Limits
+from soppu.registry.policy import DEFAULT_PROBES
+
+__all__ = ["CompressorSettings", "get_settings"]
+
+_EXAMPLE_BASE = Path(".cache/examples/base")
+_NONE = {"", "none", "off"}
+
+
+def _default_base_model() -> Path | None:
+    # The example fixture's model, when `make demo` has built it: the behaviour check then works out of the box.
+    return _EXAMPLE_BASE if (_EXAMPLE_BASE / "config.json").is_file() else None
+
+
+class CompressorSettings(BaseSettings):
+    # populate_by_name: tests and the CLI pass store_url=/admin_key= by name; the environment uses the aliases.
+    model_config = SettingsConfigDict(env_prefix="SOPPU_COMPRESSOR_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8081, ge=1, le=65535)
+    store_url: str = Field(
+        ".cache/store",
+        validation_alias=AliasChoices("SOPPU_COMPRESSOR_STORE_URL", "SOPPU_STORE_URL", "store_url"),
+        description="s3://bucket, file:///path or a directory (env SOPPU_STORE_URL)",
+    )
+    admin_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("SOPPU_ADMIN_KEY", "admin_key"),
+        description="the admin key (env SOPPU_ADMIN_KEY); unset: no admin access",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where compression and the gate run")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads torch may use (default: torch's choice); 1 is steadiest on a busy box"
+    )
+
+    # Compression policy (soppu.registry.policy.CompressionPolicy).
+    mode: Literal["full", "diag"] = Field("full", description="JD-Full (R x R cores) or JD-Diag (diagonal cores)")
+    rank: int | None = Field(16, ge=1, description="shared rank R of a cohort's bases; unset: pick R by max_error")
+    max_error: float | None = Field(None, gt=0, description="with no rank: the mean relative error R must meet")
+    refit_after: int = Field(1, ge=1, description="refit a cohort once this many members wait on originals")
+
+    # Quality gate (soppu.registry.policy.QualityGate).
+    gate_max_error: float = Field(0.5, gt=0, description="worst module's relative error a served core may have")
+    gate_kl_mean: float = Field(0.1, ge=0, description="behaviour check: mean next-token KL (nats)")
+    gate_kl_max: float = Field(2.0, ge=0, description="behaviour check: worst next-token KL (nats)")
+    gate_agreement: float = Field(0.9, ge=0, le=1, description="behaviour check: min greedy-token agreement")
+    gate_probes: list[str] = Field(list(DEFAULT_PROBES), min_length=1, description="JSON list of probe prompts")
+    base_model: Path | None = Field(
+        default_factory=_default_base_model,
+        description="local model directory for the behaviour check (default .cache/examples/base if built; "
+        "'none' switches the check off)",
+    )
+    base_model_id: str | None = Field(
+        None, description="the base_model_name_or_path adapters use for base_model; unset: any adapter that fits it"
+    )
+
+    # Uploads and jobs.
+    max_upload_bytes: int = Field(DEFAULT_LIMITS.max_archive_bytes, ge=1024, description="request body cap")
+    max_weights_bytes: int = Field(DEFAULT_LIMITS.max_weights_bytes, ge=1024)
+    max_unpacked_bytes: int = Field(DEFAULT_LIMITS.max_unpacked_bytes, ge=1024)
+    max_archive_members: int = Field(DEFAULT_LIMITS.max_archive_members, ge=2)
+    workers: int = Field(1, ge=0, description="jobs run at once (0: accept uploads, run nothing)")
+    queue_size: int = Field(1024, ge=1, description="queued jobs beyond this answer 503 busy")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 (store unavailable, queue full)")
+
+    # Gateways told about deleted users and revoked keys (best effort).
+    gateway_urls: list[str] = Field([], description='JSON list, e.g. ["http://127.0.0.1:8080"]')
+    notify_timeout_s: float = Field(2.0, gt=0)
+
+    @field_validator("base_model", mode="before")
+    @classmethod
+    def _none_word(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in _NONE else value
+
+    @field_validator("gateway_urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"gateway url must start with http:// or https://, got {url!r}")
+        return [url.rstrip("/") for url in urls]
+
+    def limits(self) -> Limits:
+        """The adapter reader's limits; an archive can be no larger than the body that carries it."""
+        return Limits(
+            max_weights_bytes=self.max_weights_bytes,
+            max_archive_bytes=self.max_upload_bytes,
+            max_unpacked_bytes=self.max_unpacked_bytes,
+            max_archive_members=self.max_archive_members,
+        )
+
+
+@lru_cache
+def get_settings() -> CompressorSettings:
+    return CompressorSettings()

@@ -1,0 +1,161 @@
+"""The service functions behind the routes: blocking store work (routes run them in a thread) that turns the
+registry's records into response shapes. Nothing here knows about HTTP beyond the URLs it writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from soppu.adapter import Limits
+from soppu.auth import KeyRing
+from soppu.errors import InvalidName, ObjectNotFound
+from soppu.registry import JobRecord, JobState
+from soppu.registry.catalog import delete_adapter, delete_user, list_adapters
+from soppu.registry.pipeline import Pipeline
+from soppu.registry.versions import accept_upload
+from soppu.store import ObjectStore
+from soppu.store.layout import AdapterVersion, check_name, parse_version
+from soppu.verify.plot import plot_module_errors
+
+from .errors import ApiError
+from .jobs import user_lock
+from .schemas import AdapterInfo, JobError, JobReport, JobStatus, UserAdapters, VersionInfo
+from .uploads import NAME_FIELD, collect, parse_form
+
+__all__ = [
+    "accept",
+    "job_status",
+    "parse_job_id",
+    "parse_version_text",
+    "remove_adapter",
+    "remove_user",
+    "report_png",
+    "status_url",
+    "user_adapters",
+]
+
+DEFAULT_ADAPTER = "default"
+_MAX_IDEMPOTENCY_KEY = 255
+_PATH_JOBS = "/v1/jobs"
+
+
+def status_url(job_id: str) -> str:
+    return f"{_PATH_JOBS}/{job_id}"
+
+
+def plot_url(version: AdapterVersion) -> str:
+    return f"/v1/users/{version.user_id}/adapters/{version.adapter}/versions/{version.version}/report.png"
+
+
+def _report(version: AdapterVersion, report: dict[str, Any] | None) -> JobReport | None:
+    if report is None:
+        return None
+    return JobReport.model_validate({**report, "plot_url": plot_url(version) if report.get("errors") else None})
+
+
+def accept(
+    store: ObjectStore,
+    limits: Limits,
+    user_id: str,
+    body: BinaryIO,
+    content_type: str,
+    workdir: Path,
+    idempotency: str | None,
+) -> tuple[JobRecord, bool]:
+    """Parse and validate the multipart body, then store the original and its queued job (nothing is stored
+    unless every check passed). (the job, whether it is new): not new for a repeated Idempotency-Key."""
+    if idempotency is not None and not 0 < len(idempotency) <= _MAX_IDEMPOTENCY_KEY:
+        raise ApiError("bad_request", f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters")
+    form = parse_form(body, content_type, workdir, limits.max_archive_members)
+    name = check_name(form.fields.get(NAME_FIELD, DEFAULT_ADAPTER), "adapter")
+    files, _adapter = collect(form, limits)
+    return accept_upload(store, user_id, name, files, idempotency)
+
+
+def _job_status(job: JobRecord) -> JobStatus:
+    version = AdapterVersion(job.user_id, job.adapter, job.version)
+    return JobStatus(
+        job_id=job.job_id,
+        user_id=job.user_id,
+        adapter=job.adapter,
+        version=job.version,
+        kind=job.kind,  # type: ignore[arg-type]
+        state=job.state,  # type: ignore[arg-type]
+        attempts=job.attempts,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        error=JobError(**job.error) if job.error else None,
+        report=_report(version, job.report),
+    )
+
+
+def parse_job_id(job_id: str) -> AdapterVersion:
+    try:
+        return AdapterVersion.from_job_id(job_id)
+    except InvalidName as e:  # a malformed id names no job
+        raise ObjectNotFound(f"no job {job_id!r}") from e
+
+
+def job_status(store: ObjectStore, version: AdapterVersion) -> JobStatus:
+    try:
+        return _job_status(JobRecord.from_json(store.get(version.job_key).data))
+    except ObjectNotFound as e:
+        raise ObjectNotFound(f"no job {version.job_id!r}") from e
+
+
+def user_adapters(store: ObjectStore, user_id: str) -> UserAdapters:
+    adapters = []
+    for entry in list_adapters(store, user_id):
+        versions = []
+        for v in entry["versions"]:
+            version = AdapterVersion(user_id, entry["name"], v["version"])
+            versions.append(
+                VersionInfo(
+                    version=v["version"],
+                    job_id=v["job_id"],
+                    state=v["state"],
+                    kind=v["kind"],
+                    served_from=v["served_from"],
+                    error=JobError(**v["error"]) if v["error"] else None,
+                    report=_report(version, v["report"]),
+                    status_url=status_url(v["job_id"]),
+                )
+            )
+        adapters.append(AdapterInfo(name=entry["name"], current_version=entry["current_version"], versions=versions))
+    return UserAdapters(user_id=user_id, adapters=adapters)
+
+
+def parse_version_text(text: str) -> int:
+    """``3`` or ``v00000003``."""
+    if text.isdigit():
+        number = int(text)
+        if number < 1:
+            raise InvalidName(f"invalid version {text!r}", field="version")
+        return number
+    return parse_version(text)
+
+
+def report_png(store: ObjectStore, version: AdapterVersion) -> bytes:
+    try:
+        job = JobRecord.from_json(store.get(version.job_key).data)
+    except ObjectNotFound as e:
+        raise ObjectNotFound(f"{version.user_id}/{version.adapter} has no version {version.version}") from e
+    if job.state != JobState.DONE or not job.report or not job.report.get("errors"):
+        raise ObjectNotFound(f"version {version.version} has no report yet (its job is {job.state})")
+    report = job.report
+    title = (
+        f"{version.user_id}/{version.adapter} v{version.version}: relative error per module "
+        f"(JD-{report.get('mode', '?')}, R={report.get('rank', '?')}, served from {report.get('served_from', '?')})"
+    )
+    return plot_module_errors(report["errors"], title)
+
+
+def remove_adapter(pipeline: Pipeline, user_id: str, adapter: str) -> dict[str, Any]:
+    # Under the user's lock: a job of this user never publishes into an adapter being deleted (see jobs.py).
+    with pipeline.lock(user_lock(user_id)):
+        return delete_adapter(pipeline, user_id, adapter)
+
+
+def remove_user(pipeline: Pipeline, keys: KeyRing, user_id: str) -> dict[str, Any]:
+    with pipeline.lock(user_lock(user_id)):
+        return delete_user(pipeline, keys, user_id)

@@ -1,0 +1,89 @@
+"""Faults: a compressor killed (SIGKILL) with jobs queued and running comes back on the same bucket and finishes
+them; a compressor whose store is down stays up, answers 503 with Retry-After and acknowledges nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from compressor_client import ADMIN_KEY, adapter_files, file_parts, upload, wait_for_job
+from conftest import StartCompressor
+from processes import free_port
+
+from soppu.registry import JobRecord, JobState
+from soppu.registry.catalog import pending_jobs
+
+USERS = 6
+
+
+def _jobs(store: Any) -> dict[str, JobRecord]:
+    records = (JobRecord.from_json(store.get(info.key).data) for info in store.list("jobs/"))
+    return {job.job_id: job for job in records}
+
+
+def test_a_killed_compressor_resumes_its_jobs_after_a_restart(
+    start_compressor: StartCompressor, examples_dir: Path
+) -> None:
+    users = json.loads((examples_dir / "users.json").read_text())["users"]
+    first, compressor = start_compressor()
+    with compressor.client() as client:
+        accepted = []
+        for i in range(USERS):
+            response = upload(
+                client, f"restart-{i}", file_parts(adapter_files(examples_dir / users[i % len(users)]["adapter"]))
+            )
+            assert response.status_code == 202, response.text
+            accepted.append(response.json()["job_id"])
+
+    # Kill it the moment a job is seen running (every later job is still queued then). Not the first job: alone
+    # in its cohort it only fits a basis, done in a blink; the next ones each end in a refit, which takes longer.
+    deadline, running = time.monotonic() + 30, None
+    while running is None:
+        assert time.monotonic() < deadline, "no job was ever seen running"
+        jobs = _jobs(compressor.store).values()
+        running = next((j for j in jobs if j.state == JobState.RUNNING and j.job_id != accepted[0]), None)
+    first.proc.kill()
+    first.proc.wait()
+    left = {v.job_id for v in pending_jobs(compressor.store)}
+    assert running.job_id in left and set(accepted) & left, "the kill came too late to leave work behind"
+    assert _jobs(compressor.store)[running.job_id].state == JobState.RUNNING
+
+    _second, compressor = start_compressor()
+    with compressor.client() as client:
+        finished = {job_id: wait_for_job(client, job_id) for job_id in accepted}
+    assert {job["state"] for job in finished.values()} == {"done"}
+    assert finished[running.job_id]["attempts"] == running.attempts + 1  # it ran again, from the start
+    deadline = time.monotonic() + 30
+    while pending_jobs(compressor.store):  # refits the resumed jobs started
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    for i in range(USERS):
+        assert compressor.store.exists(f"pointers/restart-{i}/default/current.json")
+
+
+def test_an_unavailable_store_answers_503_with_retry_after(
+    start_compressor: StartCompressor, examples_dir: Path
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    service, _ = start_compressor(base_model=False, endpoint=dead, wait_ready=False, retry_after_s="7")
+    users = json.loads((examples_dir / "users.json").read_text())["users"]
+    parts = file_parts(adapter_files(examples_dir / users[0]["adapter"]))
+    with httpx.Client(base_url=service.url, timeout=30) as anonymous:
+        assert anonymous.get("/healthz").status_code == 200
+        ready = anonymous.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
+        assert upload(anonymous, "alice", parts).status_code == 401  # no key: refused without asking the store
+    for key in (ADMIN_KEY, "sk-soppu-0123456789abcdef.a-user-key"):
+        with httpx.Client(base_url=service.url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
+            for response in (
+                upload(client, "alice", parts),
+                client.get("/v1/jobs/alice~default~v00000001"),
+                client.get("/v1/users/alice/adapters"),
+            ):
+                assert response.status_code == 503, response.text
+                assert response.json()["error"]["code"] == "store_unavailable"
+                assert response.headers["Retry-After"] == "7"
+    assert service.proc.poll() is None  # still up, waiting for the store

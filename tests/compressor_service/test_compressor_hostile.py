@@ -1,0 +1,113 @@
+"""The core's hostile-adapter corpus (tests/soppu/test_adapter_hostile.py) sent over HTTP to one compressor
+process: every case answers its own code with the status of compressor_service.errors' table, nothing is ever
+unpickled, no tensor bytes leak into a message, and the bucket is left exactly as it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adapter_factory import make_files, parts
+from compressor_client import Compressor, file_parts, upload
+from conftest import StartCompressor
+from test_adapter_hostile import CASES, MARKER, MIB, TRAP_NAME, Builder
+
+from compressor_service.errors import STATUS
+from soppu.adapter import DEFAULT_LIMITS, Limits
+from soppu.errors import AdapterErrorCode
+
+# The service runs with these limits; a corpus case runs here when the limits it was built for are the defaults
+# or agree with these (the others differ only in a limit that the body cap below shows over HTTP).
+SERVICE_LIMITS = {"max_unpacked_bytes": MIB, "max_weights_bytes": MIB}
+MAX_UPLOAD = 4 * MIB
+
+
+def _runs_here(limits: Limits) -> bool:
+    changed = {
+        f: getattr(limits, f) for f in Limits.__dataclass_fields__ if getattr(limits, f) != getattr(DEFAULT_LIMITS, f)
+    }
+    return all(SERVICE_LIMITS.get(f) == v for f, v in changed.items())
+
+
+@pytest.fixture(scope="module")
+def compressor(start_compressor: StartCompressor) -> Compressor:
+    settings = {name: str(value) for name, value in SERVICE_LIMITS.items()}
+    # No worker and room for one job: the last test fills the queue (accepted uploads stay queued).
+    return start_compressor(
+        base_model=False, max_upload_bytes=str(MAX_UPLOAD), workers="0", queue_size="1", **settings
+    )[1]
+
+
+def _parts(source: Path | bytes | dict[str, bytes]) -> list[tuple[str, str | None, bytes]]:
+    """How a client sends each kind of source: named parts; a directory's files as parts; an archive (bytes or a
+    file) as the one part ``archive``."""
+    if isinstance(source, dict):
+        return [(name, name, data) for name, data in source.items()]
+    if isinstance(source, bytes):
+        return [("archive", "upload", source)]
+    if source.is_dir():
+        return [(p.name, p.name, p.read_bytes()) for p in sorted(source.iterdir()) if p.is_file()]
+    return [("archive", source.name, source.read_bytes())]
+
+
+def test_every_adapter_error_code_has_a_4xx() -> None:
+    for code in AdapterErrorCode:
+        assert 400 <= STATUS[code.value] < 500, code
+
+
+def test_the_hostile_corpus_over_http(compressor: Compressor, tmp_path: Path) -> None:
+    before = compressor.keys()
+    ran, failures = 0, []
+    with compressor.client() as client:
+        for case in CASES:
+            builder: Builder = case.values[0]
+            expected: AdapterErrorCode = case.values[1]
+            workdir = tmp_path / case.id.replace(":", "_")
+            workdir.mkdir()
+            source, limits = builder(workdir)
+            if not _runs_here(limits):
+                continue
+            ran += 1
+            response = upload(client, "mallory", _parts(source))
+            body: dict[str, Any] = response.json()
+            got = (response.status_code, body.get("error", {}).get("code"))
+            if got != (STATUS[expected.value], expected.value):
+                failures.append(f"{case.id}: got {got}: {body}")
+            for leak in (MARKER.decode(), "RAWTENSOR"):
+                assert leak not in response.text, f"{case.id}: tensor bytes in the answer"
+            assert not (workdir / TRAP_NAME).exists(), f"{case.id}: something was unpickled"
+    assert not failures, "\n".join(failures)
+    assert ran >= 100, f"only {ran} cases ran over HTTP"
+    assert compressor.keys() == before  # nothing of any refused upload was stored
+
+
+def test_a_body_over_the_cap_is_refused_while_streaming(compressor: Compressor) -> None:
+    with compressor.client() as client:
+        # Declared too large: refused before a byte is read.
+        big = upload(client, "mallory", [("adapter_model.safetensors", "adapter_model.safetensors", bytes(MAX_UPLOAD))])
+        assert big.status_code == 413 and big.json()["error"]["code"] == "too_large"
+
+        # No length declared (chunked): cut off once the count passes the cap.
+        def chunks() -> Any:
+            yield b'--x\r\nContent-Disposition: form-data; name="a"; filename="a"\r\n\r\n'
+            for _ in range(MAX_UPLOAD // MIB + 1):
+                yield bytes(MIB)
+
+        streamed = client.post(
+            "/v1/users/mallory/adapters", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=x"}
+        )
+        assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "too_large"
+    assert compressor.keys("originals/") == []
+
+
+def test_a_full_queue_answers_503_busy_and_stores_nothing(compressor: Compressor) -> None:
+    with compressor.client() as client:
+        first = upload(client, "queued", file_parts(parts(make_files(seed=1))))
+        assert first.status_code == 202, first.text
+        before = compressor.keys()
+        busy = upload(client, "queued", file_parts(parts(make_files(seed=2))))
+        assert busy.status_code == 503 and busy.json()["error"]["code"] == "busy"
+        assert busy.headers["Retry-After"] == "5"
+        assert client.get(first.json()["status_url"]).json()["state"] == "queued"  # no worker runs it
+    assert compressor.keys() == before
