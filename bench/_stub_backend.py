@@ -8,7 +8,8 @@ routes ``POST /generate``, ``/generate_stream``, ``/`` (compat), ``/v1/completio
 (JSON or SSE). The generated text is ``"{adapter_source}|{adapter_id}"`` (``base`` without an adapter), one token
 per event when streaming, ``max_new_tokens`` (or ``max_tokens``) of them, default 4.
 
-Test hooks: ``inputs``/``prompt`` ``"stub:429"`` answers 429 overloaded, ``"stub:422"`` 422, ``"stub:error"``
+Test hooks: ``inputs``/``prompt`` ``"stub:429"`` answers 429 overloaded, ``"stub:422"`` 422, ``"stub:424-v1"`` 424 when
+the adapter id names version 1 (a version a refit retired), ``"stub:error"``
 streams one token then LoRAX's error event, ``"stub:slow"`` streams a token every 50 ms (up to 400). ``GET
 /stub/requests`` returns the last 200 generation requests as received (method, path, headers, body), ``GET
 /stub/stats`` the counters (requests; streams started, finished, cancelled by the client), ``POST /stub/reset``
@@ -105,6 +106,9 @@ async def _generate(
         return True
     if prompt == "stub:422":
         _json(writer, 422, {"error": "bad input", "error_type": "validation"})
+        return True
+    if prompt == "stub:424-v1" and str(params.get("adapter_id") or body.get("model")).endswith("/v00000001"):
+        _json(writer, 424, {"error": "no adapter at that prefix", "error_type": "generation"})  # a retired version
         return True
     if stub.delay_s:
         await asyncio.sleep(stub.delay_s)

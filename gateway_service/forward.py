@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -127,7 +128,37 @@ def _error_type(event: bytes) -> str:
         return "unknown"
 
 
+@dataclass(slots=True)
+class _Current:
+    """The target a request is being served with; replaced once if the backend finds it already retired."""
+
+    target: Target
+
+
 async def _forward(
+    call: Call,
+    user: str,
+    current: _Current,
+    path: str,
+    body_for: BodyFor,
+    stream: tuple[Counter, Callable[[Backend], Rewrite | None]] | None,
+) -> Response | Reply:
+    """Send to the planned backends. A stream comes back as the response (it now owns the gate slot);
+    a JSON answer comes back as the Reply, errors already turned into responses.
+
+    A 424 for a resolved adapter may mean the cached resolution names a version a refit has just retired (its
+    files are deleted right after the pointer moves): the resolution is then re-read and, if it changed, the
+    request is sent once more with the current version."""
+    answer = await _send(call, user, current.target, path, body_for, stream)
+    if isinstance(answer, Response) and answer.status_code == 424 and current.target.resolution is not None:
+        fresh = await call.gateway.refresh(current.target)
+        if fresh is not None:
+            current.target = fresh
+            answer = await _send(call, user, fresh, path, body_for, stream)
+    return answer
+
+
+async def _send(
     call: Call,
     user: str,
     target: Target,
@@ -135,8 +166,6 @@ async def _forward(
     body_for: BodyFor,
     stream: tuple[Counter, Callable[[Backend], Rewrite | None]] | None,
 ) -> Response | Reply:
-    """Send to the planned backends. A stream comes back as the response (it now owns the gate slot);
-    a JSON answer comes back as the Reply, errors already turned into responses."""
     gateway = call.gateway
     plan = gateway.pool.plan(target.affinity)
     if stream is None:
@@ -177,25 +206,25 @@ async def generate(call: Call, body: GenerateRequest, mode: Mode) -> Response:
     params["max_new_tokens"] = gateway.max_new_tokens(p.max_new_tokens)
 
     async def work() -> Response:
-        target = await gateway.target(user, body.adapter or p.adapter_id)
+        current = _Current(await gateway.target(user, body.adapter or p.adapter_id))
 
         def body_for(backend: Backend) -> bytes:
-            adapter = target.for_kind(backend.kind)
+            adapter = current.target.for_kind(backend.kind)
             chosen = {"adapter_id": adapter.adapter_id, "adapter_source": adapter.adapter_source} if adapter else {}
             return json.dumps({"inputs": body.inputs, "parameters": {**params, **chosen}}).encode()
 
         if mode is Mode.STREAM:
-            answer = await _forward(call, user, target, "/generate_stream", body_for, (_lorax_tokens, lambda _: None))
+            answer = await _forward(call, user, current, "/generate_stream", body_for, (_lorax_tokens, lambda _: None))
             assert isinstance(answer, Response)
             return answer
-        answer = await _forward(call, user, target, "/generate", body_for, None)
+        answer = await _forward(call, user, current, "/generate", body_for, None)
         if isinstance(answer, Response):
             return answer
         generated = answer.headers.get("x-generated-tokens")
         _charge(call, user, int(generated) if generated and generated.isdigit() else 0)
         content = answer.content if mode is Mode.JSON else b"[" + answer.content + b"]"
         headers = {k: answer.headers[k] for k in _PASSED_HEADERS if k in answer.headers}
-        headers.update(target.response_headers())
+        headers.update(current.target.response_headers())
         return Response(content, headers=headers, media_type="application/json")
 
     return await _guarded(call, work)
@@ -211,10 +240,10 @@ async def openai(call: Call, body: CompletionRequest | ChatCompletionRequest, pa
     fields["max_tokens"] = gateway.max_new_tokens(asked or body.max_tokens)
 
     async def work() -> Response:
-        target = await gateway.target(user, body.model)
+        current = _Current(await gateway.target(user, body.model))
 
         def model_for(backend: Backend) -> dict[str, str]:
-            adapter = target.for_kind(backend.kind)
+            adapter = current.target.for_kind(backend.kind)
             if adapter is None:  # the base model: the backend's own model id names it
                 return {"model": backend.model_id or "default"}
             return {"model": adapter.adapter_id, "adapter_source": adapter.adapter_source}
@@ -235,16 +264,17 @@ async def openai(call: Call, body: CompletionRequest | ChatCompletionRequest, pa
             return rewrite
 
         if body.stream:
-            answer = await _forward(call, user, target, path, body_for, (_openai_tokens, rewrite_for))
+            answer = await _forward(call, user, current, path, body_for, (_openai_tokens, rewrite_for))
             assert isinstance(answer, Response)
             return answer
-        answer = await _forward(call, user, target, path, body_for, None)
+        answer = await _forward(call, user, current, path, body_for, None)
         if isinstance(answer, Response):
             return answer
         data = json.loads(answer.content)
         data["model"] = body.model
         usage = data.get("usage") or {}
         _charge(call, user, int(usage.get("completion_tokens") or 0))
-        return Response(json.dumps(data).encode(), headers=target.response_headers(), media_type="application/json")
+        headers = current.target.response_headers()
+        return Response(json.dumps(data).encode(), headers=headers, media_type="application/json")
 
     return await _guarded(call, work)

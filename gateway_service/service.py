@@ -123,6 +123,13 @@ class Gateway:
             raise AdapterNotFound(f"no adapter {name!r} for this user")
         return Target(user_id, name, resolution)
 
+    async def refresh(self, target: Target) -> Target | None:
+        """``target`` re-resolved past the cache, if it now names another version (else None)."""
+        self.resolver.invalidate(target.user_id)
+        fresh = await self.target(target.user_id, target.adapter)
+        old, new = target.resolution, fresh.resolution
+        return fresh if new is not None and (old is None or new.version != old.version) else None
+
     def max_new_tokens(self, asked: int | None) -> int:
         """The default when unset; clamped to the cap (a longer ask ends with finish_reason ``length``)."""
         return min(asked or self.settings.default_max_new_tokens, self.settings.max_new_tokens_cap)

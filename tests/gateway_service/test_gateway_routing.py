@@ -92,6 +92,16 @@ def test_engine_backends_get_the_core_and_lorax_backends_the_export(stub_gateway
     assert r.json()["generated_text"] == f"local|{expected}"
 
 
+def test_a_retired_version_in_the_cache_is_re_resolved_once(stub_gateway: Deployment) -> None:
+    gw = stub_gateway
+    assert _post(gw, "u14").headers["x-adapter-version"] == "1"  # cached now, for the resolution TTL
+    publish(gw.store, "u14", None, 2)  # a refit publishes v2 and deletes v1's files at once
+    for path in ("/generate", "/generate_stream"):
+        r = _post(gw, "u14", path, inputs="stub:424-v1")
+        assert r.status_code == 200, r.text
+        assert "v00000002" in r.text
+
+
 def test_user_request_and_token_limits(stub_gateway: Deployment) -> None:
     gw = stub_gateway
     statuses = [_post(gw, "u01").status_code for _ in range(6)]  # the burst
