@@ -32,9 +32,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 test: install
 	$(PY) -m pytest
 
+# The whole product on the example users, without docker: build, start the dev stack, key, upload, compress,
+# generate through the gateway, report, stop (see `soppu demo --help`).
 demo: install
-	$(SOPPU) examples build --users $(DEMO_USERS) --out $(EXAMPLES_DIR)
-	$(SOPPU) examples check $(EXAMPLES_DIR)
+	$(SOPPU) demo --users $(DEMO_USERS) --examples $(EXAMPLES_DIR)
+
+# The stack as local processes (moto S3 on 9000, engine 8082, compressor 8081, gateway 8080) until Ctrl-C.
+dev: install
+	$(SOPPU) examples build --users 1 --out $(EXAMPLES_DIR) >/dev/null
+	$(SOPPU) dev --model $(EXAMPLES_DIR)/base
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import re
+import textwrap
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +24,7 @@ from matplotlib.figure import Figure
 
 from soppu.compression.model import Compression, Mode
 
-__all__ = ["module_position", "plot_errors", "plot_module_errors"]
+__all__ = ["module_position", "plot_adapter_errors", "plot_errors", "plot_module_errors"]
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 # The usual order of a transformer block's projections; other kinds follow alphabetically.
@@ -72,9 +73,16 @@ def plot_errors(compression: Compression, path: Path | str, *, title: str | None
 def plot_module_errors(errors: Mapping[str, float], title: str) -> bytes:
     """The same per-layer plot for ONE adapter's module -> relative error (a job report's ``errors``), as PNG
     bytes: what the compressor service answers for a version's ``report.png``."""
+    return plot_adapter_errors({"adapter": errors}, title)
+
+
+def plot_adapter_errors(errors: Mapping[str, Mapping[str, float]], title: str) -> bytes:
+    """The per-layer plot, as PNG bytes, for several adapters' module -> relative error (e.g. every user's
+    current report): bars are the mean over adapters, dots each adapter."""
     points: dict[tuple[int | None, str], list[float]] = defaultdict(list)
-    for module, error in errors.items():
-        points[module_position(module)].append(float(error))
+    for modules in errors.values():
+        for module, error in modules.items():
+            points[module_position(module)].append(float(error))
     buffer = io.BytesIO()
     _draw(points, title).savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
@@ -110,7 +118,7 @@ def _draw(points: Mapping[tuple[int | None, str], list[float]], title: str) -> F
     axes.set_ylabel("relative Frobenius error")
     axes.set_ylim(bottom=0)
     axes.grid(axis="y", alpha=0.3, zorder=0)
-    axes.set_title(title, fontsize=10)
+    axes.set_title(textwrap.fill(title, 70) if "\n" not in title else title, fontsize=10)
     if kinds:  # outside the axes, so it never hides a bar or a dot
         axes.legend(title="module", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
