@@ -3,11 +3,13 @@ temperature, top-k, top-p and a repetition penalty. Pure math on one row's float
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .types import GenerationParams
 
-__all__ = ["choose_token", "make_generator"]
+__all__ = ["choose_token", "choose_tokens", "make_generator"]
 
 
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -52,3 +54,27 @@ def choose_token(
     else:
         token = int(scores.argmax())
     return token, float(logprobs[token])
+
+
+def _plain_greedy(params: GenerationParams) -> bool:
+    return not params.do_sample and params.repetition_penalty in (None, 1.0)
+
+
+def choose_tokens(
+    logits: torch.Tensor,
+    params: list[GenerationParams],
+    previous: Callable[[int], list[int]],
+    generators: list[torch.Generator | None],
+) -> list[tuple[int, float]]:
+    """:func:`choose_token` for every row of ``logits`` (rows x vocab). Plain greedy rows, the default, are
+    decided together on the logits' device with one transfer to the host; only rows that sample or penalise
+    repetition go one by one. ``previous(row)`` gives a row's ids so far (asked only for rows that need it)."""
+    logits = logits.float()
+    ids = logits.argmax(-1)
+    logprobs = logits.log_softmax(-1).gather(1, ids[:, None])[:, 0]
+    chosen = list(zip(ids.tolist(), logprobs.tolist(), strict=True))
+    for row, row_params in enumerate(params):
+        if not _plain_greedy(row_params):
+            history = torch.tensor(previous(row), dtype=torch.long)
+            chosen[row] = choose_token(logits[row].cpu(), row_params, history, generators[row])
+    return chosen

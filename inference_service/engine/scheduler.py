@@ -27,7 +27,7 @@ from .cache import AdapterCache
 from .kv import BatchKV
 from .layers import BatchPlan
 from .runner import Loaded, ModelRunner
-from .sampling import choose_token, make_generator
+from .sampling import choose_tokens, make_generator
 from .text import TextStream
 from .types import (
     AdapterRef,
@@ -255,10 +255,14 @@ class Engine:
 
     def _emit(self, logits: torch.Tensor, rows: range) -> None:
         finished = set()
-        for offset, row in enumerate(rows):
-            seq = self._running[row]
-            previous = torch.tensor(seq.prompt + seq.generated, dtype=torch.long)
-            token, logprob = choose_token(logits[offset].cpu(), seq.params, previous, seq.generator)
+        seqs = [self._running[row] for row in rows]
+        chosen = choose_tokens(
+            logits,
+            [s.params for s in seqs],
+            lambda i: seqs[i].prompt + seqs[i].generated,
+            [s.generator for s in seqs],
+        )
+        for row, seq, (token, logprob) in zip(rows, seqs, chosen, strict=True):
             seq.generated.append(token)
             text = seq.text.push(token)
             reason = self._finish_reason(seq, token)
