@@ -1,5 +1,5 @@
-"""LoRAX's request and response shapes as the gateway takes them (mirroring the engine's, plus ``user_id`` and
-``adapter``; the gateway never imports another service, so it keeps its own copy).
+"""LoRAX's request shapes as the gateway takes them (the engine's, plus ``user_id`` and ``adapter``); the
+response shapes are the shared ones of :mod:`soppu.protocol.lorax`.
 
 Every LoRAX parameter may be present and null, because ``lorax-client`` sends them all. Unknown keys are
 dropped, so nothing the gateway does not know is forwarded. ``adapter_id`` is an adapter NAME here (never a
@@ -8,9 +8,19 @@ storage id: the gateway resolves it), and ``adapter_source`` / ``api_token`` are
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from soppu.protocol.lorax import (
+    Details,
+    ErrorResponse,
+    GenerateResponse,
+    PrefillToken,
+    StreamDetails,
+    StreamResponse,
+    Token,
+)
 
 __all__ = [
     "Details",
@@ -23,8 +33,6 @@ __all__ = [
     "StreamResponse",
     "Token",
 ]
-
-FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 
 class GenerateParameters(BaseModel):
@@ -73,54 +81,3 @@ class GenerateRequest(BaseModel):
     inputs: str
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
     stream: bool = Field(False, description="only read by POST /: true answers with Server-Sent Events")
-
-
-class PrefillToken(BaseModel):
-    id: int
-    text: str
-    logprob: float | None = None
-
-
-class Token(BaseModel):
-    id: int
-    text: str
-    logprob: float
-    special: bool
-
-
-class Details(BaseModel):
-    finish_reason: FinishReason
-    prompt_tokens: int
-    generated_tokens: int
-    seed: int | None
-    prefill: list[PrefillToken]
-    tokens: list[Token]
-
-
-class GenerateResponse(BaseModel):
-    generated_text: str
-    details: Details | None = None
-
-
-class StreamDetails(BaseModel):
-    finish_reason: FinishReason
-    prompt_tokens: int
-    generated_tokens: int
-    seed: int | None
-
-
-class StreamResponse(BaseModel):
-    """One Server-Sent Event per token; the last one also carries generated_text (and details if asked)."""
-
-    token: Token
-    generated_text: str | None = None
-    details: StreamDetails | None = None
-
-
-class ErrorResponse(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"error": "a valid API key is required", "error_type": "unauthorized"}]}
-    )
-
-    error: str
-    error_type: str

@@ -9,6 +9,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from soppu.protocol.openai import (
+    ChatCompletionResponse,
+    ChatMessage,
+    CompletionResponse,
+    Usage,
+)
+
 __all__ = [
     "ChatCompletionRequest",
     "ChatCompletionResponse",
@@ -19,8 +26,6 @@ __all__ = [
     "ModelList",
     "Usage",
 ]
-
-FinishReason = Literal["stop", "length"]
 
 
 class _SamplingFields(BaseModel):
@@ -59,16 +64,6 @@ class CompletionRequest(_SamplingFields):
     suffix: str | None = None
 
 
-class _TextPart(BaseModel):
-    type: Literal["text"] = "text"
-    text: str
-
-
-class ChatMessage(BaseModel):
-    role: str
-    content: str | list[_TextPart] | None = None
-
-
 class ChatCompletionRequest(_SamplingFields):
     model_config = ConfigDict(
         extra="ignore",
@@ -82,44 +77,6 @@ class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, gt=0)
     tools: list[dict[str, Any]] | None = None
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class CompletionChoice(BaseModel):
-    index: int = 0
-    text: str
-    logprobs: None = None
-    finish_reason: FinishReason | None = None
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage
-
-
-class ChatChoice(BaseModel):
-    index: int = 0
-    message: ChatMessage
-    logprobs: None = None
-    finish_reason: FinishReason
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
 
 
 class ModelCard(BaseModel):

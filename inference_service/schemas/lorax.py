@@ -1,4 +1,5 @@
-"""LoRAX's request and response shapes for ``/generate``, ``/generate_stream`` and ``/``.
+"""LoRAX's request shapes for ``/generate``, ``/generate_stream`` and ``/`` (the responses are the shared ones of
+:mod:`soppu.protocol.lorax`).
 
 Every LoRAX parameter key is accepted and may be null, because ``lorax-client`` sends them all (nulls
 included, ``stop: []``, ``details: true``). Ranges are checked here; what depends on the settings or on what
@@ -7,9 +8,19 @@ the engine supports is checked in :mod:`inference_service.params`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from soppu.protocol.lorax import (
+    Details,
+    ErrorResponse,
+    GenerateResponse,
+    PrefillToken,
+    StreamDetails,
+    StreamResponse,
+    Token,
+)
 
 __all__ = [
     "Details",
@@ -23,7 +34,6 @@ __all__ = [
     "Token",
 ]
 
-FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 _ADAPTER_EXAMPLE = {"adapter_id": "s3://adapters/users/user-000/v00000001", "adapter_source": "s3"}
 
@@ -68,57 +78,4 @@ class GenerateRequest(BaseModel):
         json_schema_extra={
             "examples": [{"inputs": "My favourite colour is", "parameters": {**_ADAPTER_EXAMPLE, "max_new_tokens": 8}}]
         }
-    )
-
-
-class PrefillToken(BaseModel):
-    id: int
-    text: str
-    logprob: float | None = Field(None, description="null for the first prompt token")
-
-
-class Token(BaseModel):
-    id: int
-    text: str
-    logprob: float
-    special: bool
-
-
-class Details(BaseModel):
-    finish_reason: FinishReason
-    prompt_tokens: int
-    generated_tokens: int
-    seed: int | None
-    prefill: list[PrefillToken]
-    tokens: list[Token]
-
-
-class GenerateResponse(BaseModel):
-    generated_text: str
-    details: Details | None = None
-
-    model_config = ConfigDict(json_schema_extra={"examples": [{"generated_text": " purple"}]})
-
-
-class StreamDetails(BaseModel):
-    finish_reason: FinishReason
-    prompt_tokens: int
-    generated_tokens: int
-    seed: int | None
-
-
-class StreamResponse(BaseModel):
-    """One Server-Sent Event per token; the last one also carries generated_text (and details if asked)."""
-
-    token: Token
-    generated_text: str | None = None
-    details: StreamDetails | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: str
-    error_type: str
-
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"error": "`top_k` must be strictly positive", "error_type": "validation"}]}
     )

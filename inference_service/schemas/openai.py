@@ -10,6 +10,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from soppu.protocol.openai import (
+    ChatChoice,
+    ChatCompletionResponse,
+    ChatMessage,
+    CompletionChoice,
+    CompletionResponse,
+    OpenAIFinishReason,
+    Usage,
+)
+
 __all__ = [
     "ChatChoice",
     "ChatChunkChoice",
@@ -26,7 +36,6 @@ __all__ = [
     "Usage",
 ]
 
-OpenAIFinishReason = Literal["stop", "length"]
 _MODEL_DOC = "adapter: s3://bucket/prefix, an absolute directory, or the served model_id / 'default' for the base"
 
 
@@ -68,28 +77,6 @@ class CompletionRequest(_SamplingFields):
     )
 
 
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class CompletionChoice(BaseModel):
-    index: int = 0
-    text: str
-    logprobs: None = None
-    finish_reason: OpenAIFinishReason | None = None
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage
-
-
 class CompletionStreamResponse(BaseModel):
     """One event per token, then one with an empty text, the finish reason and the usage."""
 
@@ -99,21 +86,6 @@ class CompletionStreamResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-
-
-class _TextPart(BaseModel):
-    type: Literal["text"] = "text"
-    text: str
-
-
-class ChatMessage(BaseModel):
-    role: str
-    content: str | list[_TextPart] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -133,22 +105,6 @@ class ChatCompletionRequest(_SamplingFields):
             ]
         }
     )
-
-
-class ChatChoice(BaseModel):
-    index: int = 0
-    message: ChatMessage
-    logprobs: None = None
-    finish_reason: OpenAIFinishReason
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
 
 
 class ChatDelta(BaseModel):
