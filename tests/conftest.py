@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import start_service
+from processes import ServiceProcess, start_service
 
 from soppu.examples import ExamplesSpec, build_examples
 from soppu.store import LocalStore, ObjectStore, S3Store
@@ -86,3 +86,35 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+_ENGINE_START_TIMEOUT_S = 120.0  # loading torch and the model on a busy 2-core box
+
+
+@pytest.fixture(scope="session")
+def engine_process(
+    tmp_path_factory: pytest.TempPathFactory, examples_dir: Path, moto_server: str
+) -> Iterator[ServiceProcess]:
+    """One real ``python -m inference_service`` process for the session (the engine's own tests and the
+    gateway's share it), serving ``examples_dir/base`` on the CPU with S3 pointed at the moto server."""
+    log = tmp_path_factory.mktemp("engine") / "inference_service.log"
+    env = {
+        "OMP_NUM_THREADS": "1",  # tiny matrices: threads only add barriers on a shared box
+        "S3_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    model = str(examples_dir / "base")
+
+    def command(port: int) -> list[str]:
+        return [sys.executable, "-m", "inference_service", "--port", str(port), "--model", model, "--device", "cpu"]
+
+    service = start_service(command, log=log, env=env, timeout_s=_ENGINE_START_TIMEOUT_S, cwd=REPO_ROOT)
+    try:
+        yield service
+    finally:
+        crashed = service.proc.poll() is not None
+        service.stop()
+        if crashed:
+            print(f"inference_service exited during the tests; its log ({log}):\n{service.log_tail()}")

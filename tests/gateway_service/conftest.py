@@ -61,31 +61,23 @@ def published(
 
 @pytest.fixture(scope="session")
 def engine_gateway(
-    tmp_path_factory: pytest.TempPathFactory, examples_dir: Path, moto_server: str, published: tuple[S3Store, dict]
+    tmp_path_factory: pytest.TempPathFactory,
+    moto_server: str,
+    published: tuple[S3Store, dict],
+    engine_process: ServiceProcess,
 ) -> Iterator[Deployment]:
-    """The gateway in front of the real engine, both on the moto bucket."""
+    """The gateway in front of the session's real engine (tests/conftest.py), both on the moto bucket."""
     store, keys = published
     logs = tmp_path_factory.mktemp("engine_gateway")
     s3 = {"S3_ENDPOINT_URL": moto_server, **_S3_ENV}
-    model = str(examples_dir / "base")
-
-    def engine_command(port: int) -> list[str]:
-        return [sys.executable, "-m", "inference_service", "--port", str(port), "--model", model, "--device", "cpu"]
-
-    engine = start_service(engine_command, log=logs / "engine.log", env={**s3, **_QUIET}, timeout_s=120, cwd=REPO_ROOT)
     env = {**s3, "SOPPU_GATEWAY_RESOLUTION_TTL_S": "1", "SOPPU_GATEWAY_KEY_CACHE_TTL_S": "1"}
-    try:
-        gateway = _gateway(logs / "gateway.log", store.url, [{"url": engine.url, "kind": "engine"}], env)
-    except BaseException:
-        engine.stop()
-        raise
+    gateway = _gateway(logs / "gateway.log", store.url, [{"url": engine_process.url, "kind": "engine"}], env)
     service_key = KeyRing(store).issue(Role.SERVICE)[0]
-    deployment = Deployment(gateway.url, store, keys, service_key, gateway, [engine])
+    deployment = Deployment(gateway.url, store, keys, service_key, gateway, [engine_process])
     try:
         yield deployment
     finally:
         gateway.stop()
-        engine.stop()
 
 
 @pytest.fixture(scope="module")
