@@ -50,3 +50,12 @@ def test_what_the_gateway_needs_from_the_core_does_not_load_torch() -> None:
     code = "import sys, soppu.auth, soppu.store, soppu.registry; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "False"
+
+
+def test_the_gateway_runs_without_the_ml_stack() -> None:
+    # Its image installs the project without torch, transformers, safetensors and friends (gateway_service/Dockerfile).
+    blocked = ("torch", "transformers", "safetensors", "tokenizers", "matplotlib", "regex", "tqdm", "numpy", "peft")
+    code = (
+        f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\nimport gateway_service.__main__, gateway_service.app"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
