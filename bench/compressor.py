@@ -26,8 +26,6 @@ import argparse
 import json
 import os
 import secrets
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _timing import WARMUP, emit_report, percentile
 
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, LoraAdapter, LoraModule, adapter_files, parse_config
+from soppu.cli.stack import Service, free_port
 from soppu.examples import ExamplesSpec, build_examples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,41 +55,22 @@ _TORCH_THREADS = 1
 _START_TIMEOUT_S = 180.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _service(store: Path, admin_key: str, **settings: str) -> Iterator[str]:
     """A compressor process on ``store``; yields its URL once /readyz answers 200."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SOPPU_STORE_URL": str(store), "SOPPU_ADMIN_KEY": admin_key, "SOPPU_COMPRESSOR_DEVICE": "cpu"}
     env["SOPPU_COMPRESSOR_TORCH_THREADS"] = str(_TORCH_THREADS)
     env |= {f"SOPPU_COMPRESSOR_{k.upper()}": v for k, v in settings.items()}
-    log = store.parent / f"compressor-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "compressor_service", "--port", str(port), "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-        )  # fmt: skip
+    command = [sys.executable, "-m", "compressor_service", "--port", str(port), "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"
+    service = Service(f"compressor-{port}", command, env, f"{url}/readyz", cwd=REPO)
+    service.start(store.parent)
     try:
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the compressor did not start:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        service.wait_healthy(_START_TIMEOUT_S)
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        service.stop(timeout=30)
 
 
 def _upload(client: httpx.Client, user: str, files: dict[str, bytes]) -> tuple[str, float, float]:

@@ -22,13 +22,10 @@ import asyncio
 import json
 import os
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _timing import emit_report, percentile
 
 from soppu.auth import KeyRing, Role
+from soppu.cli.stack import Service, free_port
 from soppu.registry import Manifest, Pointer, ServedFrom
 from soppu.store import LocalStore
 from soppu.store.layout import AdapterVersion
@@ -47,24 +45,11 @@ _LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
 PATHS = ("direct", "gateway")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start(command: list[str], ready_url: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=_ROOT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(ready_url, timeout=1):
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{command[:3]} did not start:\n{log.read_text()[-2000:]}")
+def _start(name: str, command: list[str], ready_url: str, env: dict[str, str], logs: Path) -> Service:
+    service = Service(name, command, {**os.environ, **env}, ready_url, cwd=_ROOT)
+    service.start(logs)
+    service.wait_healthy(60)
+    return service
 
 
 def _publish(root: Path) -> tuple[str, str]:
@@ -167,7 +152,7 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         key, adapter_id = _publish(Path(tmp) / "store")
-        stub_port, gateway_port = _free_port(), _free_port()
+        stub_port, gateway_port = free_port(), free_port()
         stub_cmd = [sys.executable, str(_ROOT / "bench" / "_stub_backend.py"), "--port", str(stub_port)]
         stub_cmd += ["--delay-ms", str(args.backend_delay_ms)]
         gateway_env = {
@@ -178,9 +163,8 @@ def main() -> None:
             "SOPPU_GATEWAY_MAX_CONCURRENT_REQUESTS": str(4 * max(args.concurrency)),
         }
         gateway_cmd = [sys.executable, "-m", "gateway_service", "--port", str(gateway_port)]
-        log = Path(tmp) / "services.log"
-        stub = _start(stub_cmd, f"http://127.0.0.1:{stub_port}/health", {}, log)
-        gateway = _start(gateway_cmd, f"http://127.0.0.1:{gateway_port}/readyz", gateway_env, log)
+        stub = _start("stub", stub_cmd, f"http://127.0.0.1:{stub_port}/health", {}, Path(tmp))
+        gateway = _start("gateway", gateway_cmd, f"http://127.0.0.1:{gateway_port}/readyz", gateway_env, Path(tmp))
         try:
             params = {"max_new_tokens": args.max_new_tokens}
             requests = {
@@ -202,9 +186,8 @@ def main() -> None:
             }
             results = _measure({"direct": stub_port, "gateway": gateway_port}, requests, args)
         finally:
-            for proc in (gateway, stub):
-                proc.terminate()
-                proc.wait(timeout=10)
+            gateway.stop()
+            stub.stop()
     config = {k: v for k, v in vars(args).items()}
     notes = {
         "added_p50_ms": "gateway p50 - direct p50; target <= 1 ms",

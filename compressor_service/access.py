@@ -48,9 +48,10 @@ def authorize(principal: Principal, action: Action, user_id: str | None = None) 
     if principal.is_admin:
         return
     own = principal.role is Role.USER and user_id is not None and principal.user_id == user_id
+    acts_for = principal.role is Role.SERVICE or (user_id is not None and principal.can_act_for(user_id))
     allowed = {
-        Action.READ: principal.role is Role.SERVICE or own,
-        Action.UPLOAD: principal.role is Role.SERVICE or own,
+        Action.READ: acts_for,
+        Action.UPLOAD: acts_for,
         Action.DELETE_ADAPTER: own,
         Action.ADMIN: False,
     }[action]

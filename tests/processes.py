@@ -7,7 +7,6 @@ A failed start raises with the tail of the process's log, so the cause is in the
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -16,15 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from soppu.cli.stack import free_port, stop_process
+
 __all__ = ["ServiceProcess", "answers_http", "free_port", "start_service", "stop_process"]
 
 _START_ATTEMPTS = 3  # a free port is only free until someone else takes it; on a lost race, try another
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def answers_http(url: str) -> bool:
@@ -35,16 +30,6 @@ def answers_http(url: str) -> bool:
         return True  # any HTTP status means the server is up
     except OSError:
         return False
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass

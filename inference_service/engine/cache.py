@@ -30,7 +30,7 @@ from .formats import (
     load_basis,
     load_core,
     load_lora,
-    read_core_header,
+    parse_core,
 )
 from .sources import SOURCES, AdapterSource, Location
 from .types import AdapterLoadFailed, AdapterRef, AdapterSourceKind
@@ -132,7 +132,8 @@ class AdapterCache:
             return await asyncio.to_thread(load_lora, data, self._shapes, where)
         core_name = location.only or CORE_NAME
         core_data = await self._read(source, location, core_name)
-        basis_id, bases_ref = read_core_header(core_data, where)
+        core = await asyncio.to_thread(parse_core, core_data, where)
+        basis_id, bases_ref = core.basis_id, core.bases_ref
         if bases_ref is None:
             raise AdapterLoadFailed(f"{where}: the core does not say where its bases are (metadata 'bases')")
         bases_location, bases_name = location.relative(bases_ref)
@@ -140,7 +141,7 @@ class AdapterCache:
             ("bases", location.source, location.root, basis_id),
             lambda: self._load_basis(source, bases_location, bases_name, basis_id),
         )
-        return await asyncio.to_thread(load_core, core_data, basis, self._shapes, where)
+        return await asyncio.to_thread(load_core, core, basis, self._shapes, where)
 
     async def _load_basis(self, source: AdapterSource, location: Location, name: str, basis_id: str) -> LoadedBasis:
         data = await self._read(source, location, name)

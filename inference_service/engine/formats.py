@@ -15,7 +15,7 @@ import torch
 
 from soppu.adapter import DEFAULT_LIMITS, Limits, read_adapter
 from soppu.adapter.archive import CONFIG_NAME, WEIGHTS_NAME
-from soppu.compression.format import read_bases, read_core
+from soppu.compression.format import CoreFile, read_bases, read_core
 from soppu.compression.model import Mode
 from soppu.errors import SoppuError
 from soppu.store.layout import CORE_NAME
@@ -137,20 +137,17 @@ def load_basis(data: bytes, shapes: ModelShapes, where: str) -> LoadedBasis:
     return LoadedBasis(bases.basis_id, bases.meta.mode, modules, nbytes)
 
 
-def read_core_header(data: bytes, where: str) -> tuple[str, str | None]:
-    """(basis_id, bases_ref) of a core file, so its bases can be found (and shared) before pairing."""
+def parse_core(data: bytes, where: str) -> CoreFile:
+    """A validated core file; its ``basis_id`` and ``bases_ref`` say which bases to find (and share)."""
     try:
-        core = read_core(data)
+        return read_core(data)
     except SoppuError as e:
         raise AdapterLoadFailed(f"{where}: invalid core file [{e.code}]: {e.message}") from e
-    return core.basis_id, core.bases_ref
 
 
-def load_core(data: bytes, basis: LoadedBasis, shapes: ModelShapes, where: str) -> LoadedCore:
-    try:
-        core = read_core(data)
-    except SoppuError as e:
-        raise AdapterLoadFailed(f"{where}: invalid core file [{e.code}]: {e.message}") from e
+def load_core(data: bytes | CoreFile, basis: LoadedBasis, shapes: ModelShapes, where: str) -> LoadedCore:
+    """The core (raw bytes, or already parsed by :func:`parse_core`) on ``basis``, checked to pair with it."""
+    core = parse_core(data, where) if isinstance(data, bytes) else data
     if core.basis_id != basis.basis_id or core.meta.mode is not basis.mode:
         raise AdapterLoadFailed(f"{where}: the core belongs to basis {core.basis_id}, not {basis.basis_id}")
     cores = {}

@@ -40,10 +40,6 @@ def zero_pad(t: torch.Tensor, length: int, dim: int, *, left: bool) -> torch.Ten
     return torch.cat([zeros, t] if left else [t, zeros], dim=dim)
 
 
-def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    return zero_pad(t, length, dim, left=True)
-
-
 @dataclass
 class BatchKV:
     """The cache of the running batch, its padding mask, and each row's next position."""
@@ -69,12 +65,12 @@ class BatchKV:
         length = max(self.mask.shape[1], other.mask.shape[1])
         layers = [
             (
-                torch.cat([_left_pad(k1, length, 2), _left_pad(k2, length, 2)]),
-                torch.cat([_left_pad(v1, length, 2), _left_pad(v2, length, 2)]),
+                torch.cat([zero_pad(k1, length, 2, left=True), zero_pad(k2, length, 2, left=True)]),
+                torch.cat([zero_pad(v1, length, 2, left=True), zero_pad(v2, length, 2, left=True)]),
             )
             for (k1, v1), (k2, v2) in zip(_layers(self.cache), _layers(other.cache), strict=True)
         ]
-        mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(other.mask, length, 1)])
+        mask = torch.cat([zero_pad(self.mask, length, 1, left=True), zero_pad(other.mask, length, 1, left=True)])
         return BatchKV(_from_layers(layers), mask, torch.cat([self.positions, other.positions]))
 
     def select(self, rows: torch.Tensor) -> BatchKV:

@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
-from soppu.cli.stack import Stack, StackConfig
+from soppu.cli.stack import Stack, StackConfig, free_port
 
 __all__ = ["add_parsers"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -83,5 +76,5 @@ def _dev(args: argparse.Namespace) -> int:
 
 def free_ports_config(model: Path, workdir: Path, **extra: Any) -> StackConfig:
     """A stack config on free ports, so a demo or a test never collides with a running `make dev`."""
-    ports = {f"{name}_port": _free_port() for name in ("gateway", "compressor", "engine", "s3")}
+    ports = {f"{name}_port": free_port() for name in ("gateway", "compressor", "engine", "s3")}
     return StackConfig(model=model.resolve(), workdir=workdir, **ports, **extra)

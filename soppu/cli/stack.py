@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -20,13 +21,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-__all__ = ["Service", "Stack", "StackConfig"]
+__all__ = ["Service", "Stack", "StackConfig", "free_port", "stop_process"]
 
 _CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "soppu-dev",
     "AWS_SECRET_ACCESS_KEY": "soppu-dev",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now (free only until someone takes it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @dataclass
@@ -53,14 +73,15 @@ class Service:
     name: str
     command: list[str]
     env: dict[str, str]
-    health: str  # URL that answers once the service is up
+    health: str  # URL that answers 200 once the service is up
+    cwd: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
 
     def start(self, logs: Path) -> None:
         self.log = logs / f"{self.name}.log"
         out: IO[bytes] = self.log.open("ab")
-        self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd)
         out.close()
 
     def alive(self) -> bool:
@@ -73,15 +94,20 @@ class Service:
         except (urllib.error.URLError, OSError):
             return False
 
+    def wait_healthy(self, timeout_s: float) -> None:
+        """Return once the health URL answers 200; raise with the log's tail if the process dies or times out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited while starting; its log:\n{self.tail()}")
+            if self.healthy():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not become healthy in {timeout_s:.0f} s; its log:\n{self.tail()}")
+
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout)
 
     def tail(self, lines: int = 30) -> str:
         if self.log is None or not self.log.exists():
@@ -147,7 +173,7 @@ class Stack:
         for name in ("engine", "compressor", "gateway"):
             self.services[name].start(logs)
         for name in ("engine", "compressor", "gateway"):
-            self._wait(self.services[name], timeout_s)
+            self.services[name].wait_healthy(timeout_s)
 
     def restart(self, name: str, timeout_s: float = 180.0) -> None:
         service = self.services[name]
@@ -163,17 +189,7 @@ class Stack:
 
     def _start(self, service: Service, logs: Path, timeout_s: float) -> None:
         service.start(logs)
-        self._wait(service, timeout_s)
-
-    def _wait(self, service: Service, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not service.alive():
-                raise RuntimeError(f"{service.name} exited while starting; its log:\n{service.tail()}")
-            if service.healthy():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"{service.name} did not become healthy in {timeout_s:.0f} s; its log:\n{service.tail()}")
+        service.wait_healthy(timeout_s)
 
     def _make_bucket(self) -> None:
         from soppu.store import S3Store

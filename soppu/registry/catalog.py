@@ -8,17 +8,15 @@ from typing import Any
 from soppu.auth import KeyRing
 from soppu.errors import ObjectNotFound
 from soppu.registry.pipeline import Pipeline, member_key
-from soppu.registry.records import CohortState, JobRecord, JobState, Manifest, Pointer
+from soppu.registry.records import JobRecord, JobState, Manifest, Pointer
 from soppu.store.base import ObjectStore
 from soppu.store.layout import (
     COHORTS,
     JOBS,
-    MANIFESTS,
     ORIGINALS,
     AdapterVersion,
     adapter_prefixes,
     check_name,
-    parse_version,
     pointer_key,
     user_prefixes,
 )
@@ -121,15 +119,3 @@ def delete_user(pipeline: Pipeline, keys: KeyRing, user_id: str) -> dict[str, An
     refits = _leave_cohorts(pipeline, user_id, adapters)
     removed = [key for prefix in user_prefixes(user_id) for key in pipeline.store.delete_prefix(prefix)]
     return {"removed": sorted(removed), "revoked_keys": revoked, "refits": refits}
-
-
-def versions_of(store: ObjectStore, user_id: str, adapter: str) -> list[int]:
-    prefix = f"{MANIFESTS}/{user_id}/{adapter}/"
-    return sorted(parse_version(info.key[len(prefix) :].removesuffix(".json")) for info in store.list(prefix))
-
-
-def cohort_state(store: ObjectStore, cohort: str) -> CohortState | None:
-    try:
-        return CohortState.from_json(store.get(f"{COHORTS}/{check_name(cohort, 'cohort')}/state.json").data)
-    except ObjectNotFound:
-        return None

@@ -33,6 +33,7 @@ from soppu.compression.model import Cluster, CompressedAdapter
 from soppu.errors import ObjectExists, ObjectNotFound, SoppuError
 from soppu.registry.policy import CompressionPolicy, QualityGate, cohort_name
 from soppu.registry.records import CohortState, JobRecord, JobState, Manifest, Pointer, ServedFrom, now
+from soppu.registry.versions import allocate_version, latest_version
 from soppu.store.base import ObjectStore
 from soppu.store.layout import AdapterVersion, basis_key, cohort_state_key, relative_ref
 
@@ -241,8 +242,6 @@ class Pipeline:
     def refit_locked(self, state: CohortState) -> dict[str, Any]:
         """Fit the cohort's basis to every member's original and publish a new version of every member.
         The caller holds the cohort's lock."""
-        from soppu.registry.versions import allocate_version  # the upload path's allocator
-
         members = sorted(state.members.items())
         originals = {}
         for key, number in members:
@@ -275,8 +274,6 @@ class Pipeline:
         """The member's newest upload of this cohort. A newer upload than the member's version may still wait for
         its job: the refit must publish its content, since the refit's new version outnumbers it and the
         pointer never moves back to it."""
-        from soppu.registry.versions import latest_version
-
         newest = latest_version(self.store, user, adapter)
         if newest > number:
             with contextlib.suppress(ObjectNotFound):  # an upload withdrawn after losing an idempotency race
