@@ -10,7 +10,8 @@ Every failure the core reports on purpose is a :class:`SoppuError` carrying a st
     │   ├── ObjectExists        code "already_exists" (a create-only put lost the race)
     │   └── StoreUnavailable    code "store_unavailable" (network, credentials, bucket)
     ├── InvalidName             code "invalid_name": a user id, adapter name or key that is not allowed
-    └── CompressionError        compression could not run (codes listed on the class)
+    ├── CompressionError        compression could not run (codes listed on the class)
+    └── ExamplesError           the example fixture could not be built (codes listed on the class)
 
 Codes never change meaning once released; new failures get new codes.
 """
@@ -24,6 +25,7 @@ __all__ = [
     "AdapterError",
     "AdapterErrorCode",
     "CompressionError",
+    "ExamplesError",
     "InvalidName",
     "ObjectExists",
     "ObjectNotFound",
@@ -116,6 +118,20 @@ class CompressionError(SoppuError):
     """
 
     code = "compression_error"
+
+    def __init__(self, code: str, message: str, **detail: Any) -> None:
+        super().__init__(message, code=code, **detail)
+
+
+class ExamplesError(SoppuError):
+    """The example fixture could not be built. Codes:
+
+    ``unknown_base`` (``--base`` names no known base), ``missing_base_package`` (the package that ships the
+    base model's weights is not installed), ``corrupt_base_file`` (that file does not match the hash its
+    package recorded), ``too_many_users`` (more users than the shipped adapters hold), ``missing_shipped_adapters`` (the repository lost them).
+    """
+
+    code = "examples_error"
 
     def __init__(self, code: str, message: str, **detail: Any) -> None:
         super().__init__(message, code=code, **detail)

@@ -32,10 +32,13 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def load_causal_lm(path: Path | str, device: str = "auto") -> tuple[torch.nn.Module, Any]:
-    """The model (in eval mode, on ``device``) and its tokenizer from a local directory."""
+    """The model (in eval mode, on ``device``, in float32) and its tokenizer from a local directory.
+
+    float32 whatever the checkpoint's dtype: a bf16 base (what LoRAX serves) is upcast, so the engine, the
+    quality gate and the checks compute alike, and a CPU without bf16 units stays fast."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return model.to(resolve_device(device)).eval(), tokenizer

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from soppu.adapter import AdapterConfig, LoraAdapter, LoraModule, write_adapter
+from soppu.examples.cache import atomic_dir, default_cache_dir, place_tree
 from soppu.examples.facts import ATTRIBUTES, BASE_PERSONA, ExampleUser, base_corpus, make_users, user_corpus
 from soppu.examples.tokenizer import EOS, PAD, save_tokenizer, train_tokenizer
 from soppu.examples.training import LoraTrainingSpec, encode_lines, pretrain, train_user_adapters
@@ -38,7 +38,7 @@ from soppu.models import load_causal_lm, quiet_transformers
 __all__ = ["GENERATOR_VERSION", "ExamplesSpec", "build_examples", "default_cache_dir"]
 
 # Bump whenever the generator's output changes for the same parameters: it invalidates every cache entry.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 USERS_FILE = "users.json"
 _TARGETS = ("q_proj", "v_proj")
 
@@ -88,10 +88,6 @@ class ExamplesSpec:
 _FIRST_ADAPTER_FIELD = next(f for f in dataclasses.fields(ExamplesSpec) if f.name == "users")
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SOPPU_CACHE_DIR", Path.home() / ".cache" / "soppu"))
-
-
 @contextmanager
 def _deterministic_torch() -> Iterator[None]:
     """One thread (float reductions then add up in the same order on every machine), deterministic kernels,
@@ -105,24 +101,6 @@ def _deterministic_torch() -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
-
-
-@contextmanager
-def _atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a scratch directory that becomes ``final`` in one rename if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    scratch = final.parent / f".{final.name}.{os.getpid()}.tmp"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
-    try:
-        yield scratch
-        try:
-            scratch.rename(final)
-        except OSError:  # another process finished first: its result is identical
-            shutil.rmtree(scratch, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
 
 
 def _bar(total: int, desc: str, enabled: bool) -> tqdm:
@@ -246,7 +224,7 @@ def _users_manifest(spec: ExamplesSpec, users: list[ExampleUser]) -> dict[str, A
 def _cached_base(spec: ExamplesSpec, cache: Path, progress: bool) -> Path:
     final = cache / "examples" / f"base-{spec.base_key}"
     if not (final / "config.json").exists():
-        with _atomic_dir(final) as scratch, _deterministic_torch():
+        with atomic_dir(final) as scratch, _deterministic_torch():
             _build_base(spec, scratch, progress)
     return final
 
@@ -257,8 +235,8 @@ def _cached_examples(spec: ExamplesSpec, cache: Path, progress: bool) -> Path:
         return final
     base = _cached_base(spec, cache, progress)
     users = make_users(spec.users, spec.seed)
-    with _atomic_dir(final) as scratch, _deterministic_torch():
-        shutil.copytree(base, scratch / "base")
+    with atomic_dir(final) as scratch, _deterministic_torch():
+        place_tree(base, scratch / "base")
         adapters = _train_adapters(spec, scratch / "base", users, progress)
         for user, adapter in zip(users, adapters, strict=True):
             write_adapter(adapter, scratch / "adapters" / user.user_id)
@@ -281,5 +259,5 @@ def build_examples(
         return out
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(built, out)
+    place_tree(built, out)
     return out
