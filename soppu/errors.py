@@ -128,7 +128,8 @@ class ExamplesError(SoppuError):
 
     ``unknown_base`` (``--base`` names no known base), ``missing_base_package`` (the package that ships the
     base model's weights is not installed), ``corrupt_base_file`` (that file does not match the hash its
-    package recorded), ``too_many_users`` (more users than the shipped adapters hold), ``missing_shipped_adapters`` (the repository lost them).
+    package recorded), ``too_many_users`` (more users than the shipped adapters hold),
+    ``missing_shipped_adapters`` (the repository lost them).
     """
 
     code = "examples_error"
