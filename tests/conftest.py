@@ -19,6 +19,7 @@ import torch
 from processes import ServiceProcess, start_service
 
 from soppu.examples import ExamplesSpec, build_examples
+from soppu.examples.smollm2_set import build_smollm2_examples
 from soppu.store import LocalStore, ObjectStore, S3Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,17 @@ def examples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_examples(
         ExamplesSpec(users=EXAMPLE_USERS), tmp_path_factory.mktemp("examples") / "set", cache_dir=EXAMPLES_CACHE
     )
+
+
+@pytest.fixture(scope="session")
+def examples_cache() -> Path:
+    return EXAMPLES_CACHE
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real example base (converted once per cache) with the first four shipped users: one per recipe."""
+    return build_smollm2_examples(4, tmp_path_factory.mktemp("smollm2") / "set", cache_dir=EXAMPLES_CACHE)
 
 
 @pytest.fixture

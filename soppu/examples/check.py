@@ -1,8 +1,10 @@
 """Asking the example base model each user's questions, with and without that user's adapter.
 
-This is what ``make demo`` prints for now, and what the tests use to prove the fixture teaches each adapter
-its own user's facts. Adapters are read through :func:`soppu.adapter.read_adapter`, so they are validated
-exactly as an upload would be.
+The tests use this to prove that each adapter teaches its own user's facts, and the compression bench to see
+which answers survive compression. Adapters are read through :func:`soppu.adapter.read_adapter`, so they are
+validated exactly as an upload would be. A set's ``prompt_style`` says how it is asked: ``completion`` (the
+tiny base continues "My favourite colour is" and the first word is the answer) or ``chat`` (the question is a
+user turn in the base's chat template, and the reply must state the expected value).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 
 from soppu.adapter import LoraAdapter, read_adapter
 from soppu.adapter.apply import apply_adapter
+from soppu.examples.personal import answer_has
+from soppu.examples.personal_training import ask
 from soppu.generation import greedy_generate
 from soppu.models import load_causal_lm
 
@@ -31,10 +35,11 @@ class AnswerCheck:
     expected: str
     base_answer: str
     adapter_answer: str
+    held_out: bool = False  # a paraphrase the adapter never trained on
 
     @property
     def ok(self) -> bool:
-        return self.adapter_answer == self.expected
+        return answer_has(self.adapter_answer, self.expected)
 
 
 def first_word(text: str) -> str:
@@ -54,6 +59,7 @@ def check_examples(
     PEFT form of a compressed adapter, to see whether the answers survive compression)."""
     manifest = json.loads((directory / "users.json").read_text())
     model, tokenizer = load_causal_lm(directory / manifest["base_model"], device)
+    chat = manifest.get("prompt_style") == "chat"
 
     def answer(prompt: str) -> str:
         new = greedy_generate(
@@ -61,24 +67,30 @@ def check_examples(
         )
         return first_word(tokenizer.decode(new, skip_special_tokens=True))
 
-    base_answers: dict[str, str] = {}
+    def answers(prompts: list[str], adapter: LoraAdapter | None) -> list[str]:
+        if chat:  # one batch per user: replies are a dozen tokens on a 30-layer model
+            return ask(model, tokenizer, prompts, adapter)
+        if adapter is None:
+            return [answer(p) for p in prompts]
+        with apply_adapter(model, adapter):
+            return [answer(p) for p in prompts]
+
+    selected = [u for u in manifest["users"] if users is None or u["user_id"] in users]
+    if adapters is not None:
+        selected = [u for u in selected if u["user_id"] in adapters]
+    all_prompts = sorted({p["prompt"] for u in selected for p in u["prompts"]})
+    base_answers = dict(zip(all_prompts, answers(all_prompts, None), strict=True))
     results = []
-    for user in manifest["users"]:
-        if users is not None and user["user_id"] not in users:
-            continue
+    for user in selected:
         if adapters is not None:
-            if user["user_id"] not in adapters:
-                continue
             adapter = adapters[user["user_id"]]
         else:
             adapter = read_adapter(directory / user["adapter"], expected_base_model=manifest["base_model_id"])
-        for item in user["prompts"]:
-            if item["prompt"] not in base_answers:
-                base_answers[item["prompt"]] = answer(item["prompt"])
-        with apply_adapter(model, adapter):
-            answers = {item["prompt"]: answer(item["prompt"]) for item in user["prompts"]}
+        replies = answers([p["prompt"] for p in user["prompts"]], adapter)
         results += [
-            AnswerCheck(user["user_id"], p["prompt"], p["expected"], base_answers[p["prompt"]], answers[p["prompt"]])
-            for p in user["prompts"]
+            AnswerCheck(
+                user["user_id"], p["prompt"], p["expected"], base_answers[p["prompt"]], reply, p.get("held_out", False)
+            )
+            for p, reply in zip(user["prompts"], replies, strict=True)
         ]
     return results

@@ -8,7 +8,7 @@ parameters of different users never mix, so this is N independent fine-tunes at 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 from tokenizers import Tokenizer
@@ -73,11 +73,27 @@ def pretrain(
 
 
 class LoraTrainingSpec:
-    """Trainable LoRA factors for ``n_users`` adapters on the given modules of a frozen model."""
+    """Trainable LoRA factors for ``n_users`` adapters on the given modules of a frozen model.
+
+    Users may differ in rank and in which modules they adapt (``ranks``, ``user_modules``): every user gets
+    factors of the largest rank on every module, and what a user does not have starts at zero. Zero rows of A
+    and zero columns of B get zero gradients (each is the other's gradient factor), so Adam never moves them:
+    training a mixed cohort in one batch is exactly training each recipe on its own.
+    """
 
     def __init__(
-        self, model: nn.Module, modules: Sequence[str], n_users: int, rank: int, generator: torch.Generator
+        self,
+        model: nn.Module,
+        modules: Sequence[str],
+        n_users: int,
+        rank: int,
+        generator: torch.Generator,
+        *,
+        ranks: Sequence[int] | None = None,
+        user_modules: Sequence[Collection[str]] | None = None,
     ) -> None:
+        ranks = list(ranks) if ranks is not None else [rank] * n_users
+        width = max(ranks)
         self.a: dict[str, nn.Parameter] = {}
         self.b: dict[str, nn.Parameter] = {}
         for name in modules:
@@ -85,16 +101,23 @@ class LoraTrainingSpec:
             assert isinstance(linear, nn.Linear)
             # PEFT's default init: A ~ kaiming-uniform(a=sqrt(5)), i.e. U(-1/sqrt(d_in), 1/sqrt(d_in)); B = 0.
             bound = 1 / math.sqrt(linear.in_features)
-            a = (torch.rand(n_users, rank, linear.in_features, generator=generator) * 2 - 1) * bound
+            a = (torch.rand(n_users, width, linear.in_features, generator=generator) * 2 - 1) * bound
+            for user, r in enumerate(ranks):
+                if r < width:
+                    a[user, r:] = 0
+                if user_modules is not None and name not in user_modules[user]:
+                    a[user] = 0
             self.a[name] = nn.Parameter(a)
-            self.b[name] = nn.Parameter(torch.zeros(n_users, linear.out_features, rank))
+            self.b[name] = nn.Parameter(torch.zeros(n_users, linear.out_features, width))
 
     def parameters(self) -> list[nn.Parameter]:
         return [*self.a.values(), *self.b.values()]
 
-    def factors_for_rows(self, users: torch.Tensor, scaling: float) -> dict[str, tuple]:
-        # One adapter per batch row; rows are (batch, seq, d), so factors gain a leading batch dim.
-        return {name: (self.a[name][users], self.b[name][users], scaling) for name in self.a}
+    def factors_for_rows(self, users: torch.Tensor, scaling: float | torch.Tensor) -> dict[str, tuple]:
+        # One adapter per batch row; rows are (batch, seq, d), so factors gain a leading batch dim. A scaling
+        # per user becomes one per row, shaped to broadcast over (seq, d_out).
+        row_scaling = scaling[users].view(-1, 1, 1) if isinstance(scaling, torch.Tensor) else scaling
+        return {name: (self.a[name][users], self.b[name][users], row_scaling) for name in self.a}
 
 
 def train_user_adapters(
@@ -104,7 +127,7 @@ def train_user_adapters(
     labels: torch.Tensor,
     users: torch.Tensor,
     *,
-    scaling: float,
+    scaling: float | torch.Tensor,
     steps: int,
     lr: float,
     loss_mask: torch.Tensor | None = None,
@@ -120,20 +143,24 @@ def train_user_adapters(
     n_users = int(users.max()) + 1
     attention_mask = (labels != -100).long()
     mask = (labels != -100) if loss_mask is None else loss_mask & (labels != -100)
-    mask = mask[:, 1:].float()
-    targets = labels[:, 1:].clamp(min=0)
+    # Position t predicts token t + 1.
+    mask, targets = mask[:, 1:], labels[:, 1:].clamp(min=0)
     optimizer = torch.optim.Adam(spec.parameters(), lr=lr)
     loss = torch.tensor(float("nan"))
+    # Logits only where the loss is taken: the LM head over a 49k vocabulary at every position would
+    # cost as much as a third of the model on the real example base.
+    rows, positions = mask.nonzero(as_tuple=True)
+    picked_targets = targets[rows, positions]
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    per_user_count = torch.zeros(n_users).index_add(0, users, mask.sum(1).float())
     with LoraHooks(model, spec.factors_for_rows(users, scaling)) as hooks:
         for step in range(steps):
             _cosine_lr(optimizer, lr, step, steps)
             hooks.set(spec.factors_for_rows(users, scaling))
-            logits = model(input_ids=ids, attention_mask=attention_mask).logits
-            token_loss = nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-            ).view(ids.shape[0], -1)
-            per_user_sum = torch.zeros(n_users).index_add(0, users, (token_loss * mask).sum(1))
-            per_user_count = torch.zeros(n_users).index_add(0, users, mask.sum(1))
+            hidden = decoder(input_ids=ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+            logits = head(hidden[rows, positions])
+            token_loss = nn.functional.cross_entropy(logits, picked_targets, reduction="none")
+            per_user_sum = torch.zeros(n_users).index_add(0, users[rows], token_loss)
             loss = (per_user_sum / per_user_count).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

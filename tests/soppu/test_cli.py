@@ -20,6 +20,9 @@ def test_help_lists_the_subcommands() -> None:
     build_help = _run("examples", "build", "--help")
     assert build_help.returncode == 0
     assert "--users" in build_help.stdout and "--out" in build_help.stdout
+    assert "--base" in build_help.stdout and "smollm2" in build_help.stdout
+    train_help = _run("examples", "train", "--help")
+    assert train_help.returncode == 0 and "--steps" in train_help.stdout
 
 
 def test_version() -> None:
