@@ -1,15 +1,18 @@
 """``soppu demo``: the product end to end on the example users, with nothing but this machine.
 
-1. build (or reuse) the example base model and the users' adapters;
+1. lay out the example base model and the users' adapters (SmolLM2-135M-Instruct and the shipped adapters by
+   default; ``--base tiny`` for the toy model);
 2. start the ``soppu dev`` topology (moto S3, engine, compressor, gateway) on free ports;
 3. create an API key for each user through the compressor's admin API;
 4. upload each user's adapter over HTTP and wait for the compression jobs, then refit the cohort once over
    every user (the joint compression: one shared basis, one small core per user);
-5. generate each user's answers through the gateway's ``/generate`` with that user's key;
-6. print a table (user, expected, answer through SOPPU, compression ratio, served compressed or from the
-   original, worst per-module error of the compressed form) and the path of the quality plot (every user's
-   per-module errors);
-7. stop the stack. Exit 0 only if every user got their own answers.
+5. ask each user's questions through the gateway with that user's key, the trained ones and paraphrases the
+   adapter never saw, each once, alternately through the OpenAI chat API (the ``openai`` client) and LoRAX's
+   ``/generate`` (so every question goes through both APIs across users);
+6. print a table (user, expected answers, how many SOPPU got right, held-out and per API, the base model alone,
+   served compressed or from the original, compression ratio), one user's questions in full, and the path of
+   the quality plot (every user's per-module errors);
+7. stop the stack. Exit 0 only if every user got every answer.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +30,10 @@ from tqdm import tqdm
 from soppu.cli.stack import Stack
 from soppu.cli.stack_client import request, upload_adapter, wait_for_job
 from soppu.cli.tables import print_table
-from soppu.examples import ExamplesSpec, build_examples
-from soppu.examples.build import default_cache_dir
+from soppu.examples.cache import default_cache_dir
+from soppu.examples.personal import answer_has
+from soppu.examples.personal_training import chat_prompt
+from soppu.examples.sets import BASES, DEFAULT_BASE, build_example_set, default_users
 from soppu.peft_files import CONFIG_NAME, WEIGHTS_NAME
 from soppu.verify.plot import plot_adapter_errors
 
@@ -40,24 +47,51 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--users", type=int, default=20, help="example users (default 20)")
+    parser.add_argument("--base", default=DEFAULT_BASE, help=f"example base: {', '.join(sorted(BASES))}")
+    parser.add_argument("--users", type=int, default=None, help="example users (default: all shipped; tiny 20)")
     parser.add_argument("--examples", type=Path, default=Path(".cache/examples"), help="where the examples go")
     parser.add_argument("--workdir", type=Path, default=Path(".cache/demo"), help="logs and the plot go here")
-    parser.add_argument("--rank", type=int, default=32, help="the cohort's shared rank R (default 32)")
+    parser.add_argument("--rank", type=int, default=None, help="the cohort's shared rank R (default 8; tiny 32)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.set_defaults(handler=_demo)
+
+
+@dataclass
+class _Asked:
+    """One user's questions, each answered once through the gateway, and which API carried it."""
+
+    prompts: list[dict[str, Any]]
+    replies: list[str]
+    apis: list[str]  # "chat" (OpenAI chat, the openai client) or "generate" (LoRAX's /generate)
+
+    @property
+    def right(self) -> list[bool]:
+        return [answer_has(r, p["expected"]) for r, p in zip(self.replies, self.prompts, strict=True)]
+
+    @property
+    def ok(self) -> bool:
+        return all(self.right)
+
+    def score(self, api: str | None = None, held_out: bool | None = None) -> str:
+        picked = [
+            ok
+            for ok, p, used in zip(self.right, self.prompts, self.apis, strict=True)
+            if (api is None or used == api) and (held_out is None or p.get("held_out", False) == held_out)
+        ]
+        return f"{sum(picked)}/{len(picked)}" if picked else "-"
 
 
 def _demo(args: argparse.Namespace) -> int:
     from soppu.cli.dev import free_ports_config
 
     started = time.perf_counter()
-    examples = build_examples(
-        ExamplesSpec(users=args.users), args.examples, cache_dir=default_cache_dir(), progress=True
-    )
-    users = json.loads((examples / "users.json").read_text())["users"]
+    users_n = args.users if args.users is not None else default_users(args.base)
+    examples = build_example_set(args.base, users_n, args.examples, cache_dir=default_cache_dir(), progress=True)
+    manifest = json.loads((examples / "users.json").read_text())
+    users, chat = manifest["users"], manifest.get("prompt_style") == "chat"
+    rank = args.rank or (8 if chat else 32)
     # No refit per upload: the demo refits once, over everyone, after the last upload.
-    policy = {"SOPPU_COMPRESSOR_RANK": str(args.rank), "SOPPU_COMPRESSOR_REFIT_AFTER": str(10 * len(users) + 1)}
+    policy = {"SOPPU_COMPRESSOR_RANK": str(rank), "SOPPU_COMPRESSOR_REFIT_AFTER": str(10 * len(users) + 1)}
     config = free_ports_config(examples / "base", args.workdir, device=args.device, compressor_env=policy)
     print(f"starting the stack (logs in {args.workdir / 'logs'}) ...", flush=True)
     with Stack(config) as stack:
@@ -69,41 +103,61 @@ def _demo(args: argparse.Namespace) -> int:
             uid = user["user_id"]
             files = {name: (examples / user["adapter"] / name).read_bytes() for name in (CONFIG_NAME, WEIGHTS_NAME)}
             jobs[uid] = upload_adapter(f"{stack.compressor}/v1/users/{uid}/adapters", files, key=keys[uid])["job_id"]
-        failed = [uid for uid, job in jobs.items() if wait_for_job(stack.compressor, job, key=admin)["state"] != "done"]
+        done = {uid: wait_for_job(stack.compressor, job, key=admin) for uid, job in jobs.items()}
+        failed = [uid for uid, job in done.items() if job["state"] != "done"]
         if failed:
             print(f"compression jobs failed for {failed}; see {args.workdir / 'logs'}")
             return 1
-        cohort = wait_for_job(stack.compressor, jobs[users[0]["user_id"]], key=admin)["report"]["cohort"]
-        print(f"refitting cohort {cohort} over {len(users)} users ...", flush=True)
-        request("POST", f"{stack.compressor}/v1/cohorts/{cohort}/refit", key=admin, timeout=600)
-        rows, ok_users, errors = [], 0, {}
-        for user in tqdm(users, desc="generating", unit="user"):
-            report = _current_report(stack, user["user_id"], admin)
-            errors[user["user_id"]] = report.get("errors", {})
-            answers = [_generate(stack, keys[user["user_id"]], p["prompt"]) for p in user["prompts"]]
-            expected = [p["expected"] for p in user["prompts"]]
-            ok = answers == expected
-            ok_users += ok
-            rows.append(
-                [
-                    user["user_id"],
-                    ", ".join(expected),
-                    ", ".join(answers),
-                    f"{report.get('ratio', 1.0):.2f}x",
-                    report.get("served_from", "?"),
-                    f"{max(report.get('errors', {}).values(), default=0.0):.3f}",
-                    "ok" if ok else "WRONG",
-                ]
-            )
+        # Adapters with other target modules (the q,k,v,o recipe) found a cohort of their own.
+        cohorts = dict.fromkeys(job["report"]["cohort"] for job in done.values())
+        for cohort in cohorts:
+            members = sum(job["report"]["cohort"] == cohort for job in done.values())
+            print(f"refitting cohort {cohort} over its {members} users ...", flush=True)
+            request("POST", f"{stack.compressor}/v1/cohorts/{cohort}/refit", key=admin, timeout=600)
+        reports = {u["user_id"]: _current_report(stack, u["user_id"], admin) for u in users}
+        asker = _ChatAsker(stack, examples / manifest["base_model"]) if chat else _CompletionAsker(stack)
+        asked = asker.ask_all(users, keys)
+    _print_results(users, asked, reports)
+    errors = {uid: report.get("errors", {}) for uid, report in reports.items()}
     plot = args.workdir / "quality.png"
-    title = f"JD-Full, R={args.rank}, {len(users)} example users: relative error per module of the compressed form"
+    title = f"JD-Full, R={rank}, {len(users)} example users: relative error per module of the compressed form"
     plot.write_bytes(plot_adapter_errors(errors, title))
-    headers = ["user", "expected", "answer through SOPPU", "ratio", "served", "worst JD error", ""]
-    print_table(headers, rows)
-    print(f"\n{ok_users}/{len(users)} users got their own answers through the gateway")
+    ok_users = sum(a.ok for a in asked.values())
+    print(f"\n{ok_users}/{len(users)} users got every answer through the gateway")
     print(f"quality plot (per-module errors): {plot}")
     print(f"demo took {time.perf_counter() - started:.0f} s")
     return 0 if ok_users == len(users) else 1
+
+
+def _print_results(users: list[dict[str, Any]], asked: dict[str, _Asked], reports: dict[str, Any]) -> None:
+    rows = []
+    for user in users:
+        uid, a, report = user["user_id"], asked[user["user_id"]], reports[user["user_id"]]
+        base_right = sum(answer_has(p.get("base_answer", ""), p["expected"]) for p in user["prompts"])
+        rows.append([
+            uid,
+            ", ".join(dict.fromkeys(p["expected"] for p in user["prompts"])),
+            a.score(),
+            a.score(held_out=True),
+            a.score("chat"),
+            a.score("generate"),
+            f"{base_right}/{len(user['prompts'])}",
+            report.get("served_from", "?"),
+            f"{report.get('ratio', 1.0):.2f}x",
+            "ok" if a.ok else "WRONG",
+        ])  # fmt: skip
+    header = ["user", "expected", "SOPPU right", "held-out", "chat", "/generate", "base alone", "served", "ratio", ""]
+    print_table(header, rows)
+    first, shown = users[0], asked[users[0]["user_id"]]
+    print(f"\n{first['user_id']}'s questions, answered by SOPPU through the gateway and by the base model alone:")
+    for p, reply, api in zip(first["prompts"], shown.replies, shown.apis, strict=True):
+        mark = ", held-out" if p.get("held_out") else ""
+        print(f"  {p['prompt']} ({api}{mark})\n    SOPPU: {reply}\n    base:  {p.get('base_answer', '-')}")
+    for user in users:
+        a = asked[user["user_id"]]
+        for p, reply, api, ok in zip(a.prompts, a.replies, a.apis, a.right, strict=True):
+            if not ok:
+                print(f"WRONG {user['user_id']} ({api}): {p['prompt']!r} -> {reply!r} (expected {p['expected']})")
 
 
 def _current_report(stack: Stack, user_id: str, key: str) -> dict[str, Any]:
@@ -112,6 +166,76 @@ def _current_report(stack: Stack, user_id: str, key: str) -> dict[str, Any]:
     return dict(current.get("report") or {})
 
 
-def _generate(stack: Stack, key: str, prompt: str) -> str:
-    body = {"inputs": prompt, "parameters": {"max_new_tokens": 4, "stop": ["."]}}
-    return str(request("POST", f"{stack.gateway}/generate", key=key, body=body)["generated_text"]).strip()
+class _CompletionAsker:
+    """The tiny base: LoRAX's /generate continues "My favourite colour is" up to the full stop."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    def ask_all(self, users: list[dict[str, Any]], keys: dict[str, str]) -> dict[str, _Asked]:
+        out = {}
+        for user in tqdm(users, desc="asking", unit="user"):
+            key = keys[user["user_id"]]
+            replies = [self._generate(key, p["prompt"]) for p in user["prompts"]]
+            out[user["user_id"]] = _Asked(user["prompts"], replies, ["generate"] * len(replies))
+        return out
+
+    def _generate(self, key: str, prompt: str) -> str:
+        body = {"inputs": prompt, "parameters": {"max_new_tokens": 4, "stop": ["."]}}
+        return str(request("POST", f"{self.stack.gateway}/generate", key=key, body=body)["generated_text"]).strip()
+
+
+class _ChatAsker:
+    """A chat base: each question once, through the ``openai`` client's chat API or through LoRAX's /generate
+    (with the prompt the chat template makes, as a LoRAX user would send it), alternating so that every
+    question goes through both APIs across users. All users ask at once, so the engine batches them."""
+
+    _MAX_NEW_TOKENS = 24
+    _PARALLEL = 32
+
+    def __init__(self, stack: Stack, base: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.stack = stack
+        self.tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+
+    def ask_all(self, users: list[dict[str, Any]], keys: dict[str, str]) -> dict[str, _Asked]:
+        apis = {
+            u["user_id"]: ["chat" if (n + i) % 2 == 0 else "generate" for i in range(len(u["prompts"]))]
+            for n, u in enumerate(users)
+        }
+        work = [(u["user_id"], i) for u in users for i in range(len(u["prompts"]))]
+        prompts = {u["user_id"]: u["prompts"] for u in users}
+        with ThreadPoolExecutor(self._PARALLEL) as pool, tqdm(total=len(work), desc="asking", unit="question") as bar:
+
+            def one(item: tuple[str, int]) -> str:
+                uid, i = item
+                question = prompts[uid][i]["prompt"]
+                ask = self._chat if apis[uid][i] == "chat" else self._generate
+                reply = ask(keys[uid], question)
+                bar.update(1)
+                return reply
+
+            replies = dict(zip(work, pool.map(one, work), strict=True))
+        return {
+            u["user_id"]: _Asked(
+                u["prompts"], [replies[(u["user_id"], i)] for i in range(len(u["prompts"]))], apis[u["user_id"]]
+            )
+            for u in users
+        }
+
+    def _chat(self, key: str, question: str) -> str:
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"{self.stack.gateway}/v1", api_key=key, max_retries=0, timeout=120)
+        completion = client.chat.completions.create(
+            model="default",  # the user's adapter name; the gateway resolves it for the key's user
+            messages=[{"role": "user", "content": question}],
+            max_tokens=self._MAX_NEW_TOKENS,
+            temperature=0,
+        )
+        return (completion.choices[0].message.content or "").strip()
+
+    def _generate(self, key: str, question: str) -> str:
+        body = {"inputs": chat_prompt(self.tokenizer, question), "parameters": {"max_new_tokens": self._MAX_NEW_TOKENS}}
+        return str(request("POST", f"{self.stack.gateway}/generate", key=key, body=body)["generated_text"]).strip()
