@@ -26,11 +26,13 @@ say ``extrapolated: true``. Baselines run once per module shape and N (v shares 
 adapters are statistically identical). The 128-module cohort (32 layers x q, k, v, o) time is estimated as the
 sum of the per-module times; ``--cohort`` runs it.
 
-Quality (the example fixture: tiny Llama, 20 users with r = 8 LoRAs on q and v). For JD-Full and JD-Diag at each
-R in ``--ranks`` and K in ``--clusters`` it compresses every user, exports the plain-LoRA form
-(``to_lora``), and reports: the parameter compression ratio (``account``), mean and worst relative error, the
-share of users whose greedy answers ALL survive and the share of answers that survive (``check_examples``), and
-the KL / greedy agreement against the original adapters (``check_behaviour``, the users.json prompts as probes).
+Quality (an example set: ``--base tiny``, 20 users with r = 8 LoRAs on q and v on the toy Llama, or ``--base
+smollm2``, the shipped users on SmolLM2-135M-Instruct with mixed recipes, compressed per target-module group).
+For JD-Full and JD-Diag at each R in ``--ranks`` and K in ``--clusters`` it compresses every user, exports the
+plain-LoRA form (``to_lora``), and reports: the parameter compression ratio (``account``), mean and worst
+relative error, the share of users whose greedy answers ALL survive and the share of answers that survive
+(``check_examples``), and the KL / greedy agreement against the original adapters (``check_behaviour``, the
+users.json prompts as probes).
 ``best_all_users_survive`` is the highest ratio at which every user keeps every answer.
 
 Prints one JSON object to stdout; progress goes to stderr. Deterministic for a seed (per device).
@@ -38,6 +40,7 @@ Prints one JSON object to stdout; progress goes to stderr. Deterministic for a s
     python bench/compression.py                        # CPU default: a few minutes on 2 cores
     python bench/compression.py --device cuda          # GPU default: q, k, v, o at d = 4096, N = 10, 100, 1000
     python bench/compression.py --quick                # smoke run (the test suite's)
+    python bench/compression.py --quality-only --base smollm2 --modes full --clusters 1 --ranks 4 8 16
     python bench/compression.py --speed-only --d 4096 --modules q --n 100 --cohort
 """
 
@@ -75,8 +78,8 @@ from soppu.compression.jd import FitResult, fit_module
 from soppu.compression.model import Mode, ModuleBasis
 from soppu.compression.rank import RankPolicy
 from soppu.compression.residual import relative_errors
-from soppu.examples.build import ExamplesSpec, build_examples
 from soppu.examples.check import check_examples
+from soppu.examples.sets import BASES, build_example_set, default_users
 from soppu.models import load_causal_lm, resolve_device
 from soppu.verify.behaviour import check_behaviour
 
@@ -524,6 +527,27 @@ def _default_cache_dir() -> Path:
     return Path(os.environ.get("SOPPU_CACHE_DIR", REPO_ROOT / ".cache" / "soppu"))
 
 
+def _compress_groups(
+    pairs: list[tuple[str, LoraAdapter]], mode: Mode, rank: int, clusters: int, args: argparse.Namespace, device
+) -> tuple[list[Any], list[Any]]:
+    """Compress each group of adapters with the same target modules on its own (a cohort each, as the service
+    does): one basis per module can only be shared by adapters that have that module. Returns the compressions
+    and their accountings."""
+    groups: dict[tuple[str, ...], list[tuple[str, LoraAdapter]]] = {}
+    for name, adapter in pairs:
+        groups.setdefault(tuple(sorted(adapter.modules)), []).append((name, adapter))
+    originals = dict(pairs)
+    compressions, accounts = [], []
+    for members in groups.values():
+        k = min(clusters, len(members))
+        compression = compress(
+            members, mode=mode, policy=RankPolicy.fixed(rank), clusters=k, device=device, seed=args.seed
+        )
+        compressions.append(compression)
+        accounts.append(account(compression, [originals[a.name] for a in compression.adapters]))
+    return compressions, accounts
+
+
 def quality_row(
     directory: Path,
     pairs: list[tuple[str, LoraAdapter]],
@@ -537,16 +561,14 @@ def quality_row(
     device: torch.device,
 ) -> dict[str, Any]:
     originals = dict(pairs)
-    elapsed, compression = _timed(
-        device,
-        lambda: compress(
-            pairs, mode=mode, policy=RankPolicy.fixed(rank), clusters=clusters, device=device, seed=args.seed
-        ),
+    elapsed, (compressions, accounts) = _timed(
+        device, lambda: _compress_groups(pairs, mode, rank, clusters, args, device)
     )
-    ratio = account(compression, [originals[a.name] for a in compression.adapters])["ratio"]["parameters"]
-    errors = [e for a in compression.adapters for e in a.errors.values()]
-    exports = {a.name: to_lora(compression, a) for a in compression.adapters}
-    # check_examples loads the (tiny) base model itself; the behaviour check reuses the one loaded model.
+    original_parameters = sum(a["original"]["parameters"] for a in accounts)
+    ratio = original_parameters / sum(a["compressed"]["parameters"] for a in accounts)
+    errors = [e for c in compressions for a in c.adapters for e in a.errors.values()]
+    exports = {a.name: to_lora(c, a) for c in compressions for a in c.adapters}
+    # check_examples loads the base model itself; the behaviour check reuses the one loaded model.
     checks = check_examples(directory, device=str(device), adapters=exports)
     users: dict[str, list[bool]] = {}
     for check in checks:
@@ -557,18 +579,24 @@ def quality_row(
         "mode": mode.value,
         "R": rank,
         "K": clusters,
-        "bases_ranks": sorted({b.rank for c in compression.clusters for b in c.bases.values()}),
+        "cohorts": len(compressions),
+        "bases_ranks": sorted({b.rank for c in compressions for k in c.clusters for b in k.bases.values()}),
         "ratio": round(ratio, 3),
         "error_mean": round(sum(errors) / len(errors), 4),
         "error_worst": round(max(errors), 4),
         "users_all_answers": round(sum(all(ok) for ok in users.values()) / len(users), 3),
         "answers": round(sum(c.ok for c in checks) / len(checks), 3),
+        "held_out_answers": _share([c.ok for c in checks if c.held_out]),
         "kl_mean": round(sum(a.kl_mean for a in adapters) / len(adapters), 4),
         "kl_max": round(max(a.kl_max for a in adapters), 4),
         "agreement": round(sum(a.agreement for a in adapters) / len(adapters), 4),
         "behaviour_passed": round(sum(a.passed for a in adapters) / len(adapters), 3),
         "compress_s": round(elapsed, 3),
     }
+
+
+def _share(flags: list[bool]) -> float | None:
+    return round(sum(flags) / len(flags), 3) if flags else None
 
 
 def _best(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -581,7 +609,10 @@ def _best(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def quality(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    directory = build_examples(ExamplesSpec(users=args.users), cache_dir=args.cache_dir, progress=True)
+    users = args.users or default_users(args.base)
+    directory = build_example_set(
+        args.base, users, args.cache_dir / "bench" / f"{args.base}-{users}", cache_dir=args.cache_dir, progress=True
+    )
     manifest = json.loads((directory / "users.json").read_text())
     pairs = [
         (u["user_id"], read_adapter(directory / u["adapter"], expected_base_model=manifest["base_model_id"]))
@@ -605,6 +636,7 @@ def quality(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                 _say(f"[quality] {row}")
                 rows.append(row)
     return {
+        "base": args.base,
         "examples": str(directory),
         "users": len(pairs),
         "probes": probes,
@@ -653,11 +685,12 @@ def main(argv: list[str] | None = None) -> int:
     quality_group.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32, 48])
     quality_group.add_argument("--clusters", type=int, nargs="+", default=[1, 2, 4])
     quality_group.add_argument("--modes", nargs="+", choices=[m.value for m in Mode], default=["full", "diag"])
-    quality_group.add_argument("--users", type=int, default=20, help="example users (default 20)")
+    quality_group.add_argument("--base", default="tiny", choices=sorted(BASES), help="example set (default tiny)")
+    quality_group.add_argument("--users", type=int, help="example users (default: tiny 20, smollm2 all shipped)")
     quality_group.add_argument("--cache-dir", type=Path, default=None, help="examples cache (default SOPPU_CACHE_DIR)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if min(args.R, args.iterations, args.repeats, args.converged_repeats, args.cohort_layers, args.users) < 1:
+    if min(args.R, args.iterations, args.repeats, args.converged_repeats, args.cohort_layers, args.users or 1) < 1:
         parser.error("--R, --iterations, --repeats, --converged-repeats, --cohort-layers and --users must be >= 1")
     device = resolve_device(args.device)
     if args.quick:
