@@ -106,15 +106,7 @@ LORAX_REQUIRED_CONFIG_FIELDS: tuple[str, ...] = (
     "rope_theta",
     "max_position_embeddings",
 )
-_INT_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-)
+_INT_FIELDS = tuple(f for f in LORAX_REQUIRED_CONFIG_FIELDS if f not in ("rms_norm_eps", "rope_theta"))
 
 _SGMV_BLOCK = 16  # server/lorax_server/utils/punica.py:38, SGMV_BLOCK_SIZE
 _MIN_SGMV_RANK = 8  # punica.py:35, MIN_SGMV_RANK

@@ -18,8 +18,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +29,15 @@ from soppu.adapter import AdapterConfig, LoraAdapter, LoraModule, write_adapter
 from soppu.examples.cache import atomic_dir, default_cache_dir, place_tree
 from soppu.examples.facts import ATTRIBUTES, BASE_PERSONA, ExampleUser, base_corpus, make_users, user_corpus
 from soppu.examples.tokenizer import EOS, PAD, save_tokenizer, train_tokenizer
-from soppu.examples.training import LoraTrainingSpec, encode_lines, pretrain, train_user_adapters
+from soppu.examples.training import (
+    LoraTrainingSpec,
+    deterministic_torch,
+    encode_lines,
+    pretrain,
+    train_user_adapters,
+)
 from soppu.lora import lora_scaling
-from soppu.models import load_causal_lm, quiet_transformers
+from soppu.models import load_causal_lm
 
 __all__ = ["GENERATOR_VERSION", "ExamplesSpec", "build_examples", "default_cache_dir"]
 
@@ -86,21 +90,6 @@ class ExamplesSpec:
 
 
 _FIRST_ADAPTER_FIELD = next(f for f in dataclasses.fields(ExamplesSpec) if f.name == "users")
-
-
-@contextmanager
-def _deterministic_torch() -> Iterator[None]:
-    """One thread (float reductions then add up in the same order on every machine), deterministic kernels,
-    and no progress bars of transformers' own (ours say what is happening)."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    try:
-        with quiet_transformers():
-            yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
 
 
 def _bar(total: int, desc: str, enabled: bool) -> tqdm:
@@ -224,7 +213,7 @@ def _users_manifest(spec: ExamplesSpec, users: list[ExampleUser]) -> dict[str, A
 def _cached_base(spec: ExamplesSpec, cache: Path, progress: bool) -> Path:
     final = cache / "examples" / f"base-{spec.base_key}"
     if not (final / "config.json").exists():
-        with atomic_dir(final) as scratch, _deterministic_torch():
+        with atomic_dir(final) as scratch, deterministic_torch(threads=1):
             _build_base(spec, scratch, progress)
     return final
 
@@ -235,7 +224,7 @@ def _cached_examples(spec: ExamplesSpec, cache: Path, progress: bool) -> Path:
         return final
     base = _cached_base(spec, cache, progress)
     users = make_users(spec.users, spec.seed)
-    with atomic_dir(final) as scratch, _deterministic_torch():
+    with atomic_dir(final) as scratch, deterministic_torch(threads=1):
         place_tree(base, scratch / "base")
         adapters = _train_adapters(spec, scratch / "base", users, progress)
         for user, adapter in zip(users, adapters, strict=True):

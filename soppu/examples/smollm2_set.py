@@ -17,8 +17,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,8 @@ from soppu.examples.cache import atomic_dir, place_tree
 from soppu.examples.personal import FACTS, RECIPES, PersonalUser, make_personal_users
 from soppu.examples.personal_training import ask, train_personal_adapters
 from soppu.examples.smollm2 import BASE_MODEL_ID, cached_smollm2
-from soppu.models import load_causal_lm, quiet_transformers
+from soppu.examples.training import deterministic_torch
+from soppu.models import load_causal_lm
 
 __all__ = ["SHIPPED_DIR", "TrainingSpec", "build_smollm2_examples", "train_smollm2_examples"]
 
@@ -57,19 +56,6 @@ class TrainingSpec:
         world = [dataclasses.asdict(f) for f in FACTS] + [dataclasses.asdict(r) for r in RECIPES]
         fields = {"trainer": TRAINER_VERSION, "base": base_key, "world": world, **dataclasses.asdict(self)}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@contextmanager
-def _training_torch(threads: int) -> Iterator[None]:
-    saved, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        with quiet_transformers():
-            yield
-    finally:
-        torch.set_num_threads(saved)
-        torch.use_deterministic_algorithms(deterministic)
 
 
 def _questions(user: PersonalUser) -> list[tuple[str, str, bool]]:
@@ -116,7 +102,7 @@ def train_smollm2_examples(spec: TrainingSpec, out: Path, *, cache_dir: Path, pr
     final = cache_dir / "examples" / f"smollm2-users-{spec.key(base_key)}"
     if not (final / USERS_FILE).exists():
         users = make_personal_users(spec.users, spec.seed)
-        with atomic_dir(final) as scratch, _training_torch(spec.threads):
+        with atomic_dir(final) as scratch, deterministic_torch(spec.threads):
             model, tokenizer = load_causal_lm(base, "cpu")
             generator = torch.Generator().manual_seed(spec.seed)
             with tqdm(

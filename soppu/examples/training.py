@@ -8,17 +8,34 @@ parameters of different users never mix, so this is N independent fine-tunes at 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from tokenizers import Tokenizer
 from torch import nn
 
 from soppu.adapter.apply import LoraHooks
+from soppu.models import quiet_transformers
 
-__all__ = ["LoraTrainingSpec", "encode_lines", "pretrain", "train_user_adapters"]
+__all__ = ["LoraTrainingSpec", "deterministic_torch", "encode_lines", "pretrain", "train_user_adapters"]
 
 Progress = Callable[[int], None]
+
+
+@contextmanager
+def deterministic_torch(threads: int) -> Iterator[None]:
+    """A fixed thread count, not the machine's (float reductions then add up in the same order everywhere),
+    deterministic kernels, and no progress bars of transformers' own (ours say what is happening)."""
+    saved, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with quiet_transformers():
+            yield
+    finally:
+        torch.set_num_threads(saved)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def encode_lines(
