@@ -75,8 +75,8 @@ def train_personal_adapters(
     batch of 32 (and 16 GB of activations)."""
     adapters: list[LoraAdapter] = []
     for start in range(0, len(users), users_per_batch):
-        adapters += _train_batch(model, tokenizer, users[start : start + users_per_batch], base_model_id, steps, lr,
-                                 generator, progress)  # fmt: skip
+        batch = users[start : start + users_per_batch]
+        adapters += _train_batch(model, tokenizer, batch, base_model_id, steps, lr, generator, progress)
     return adapters
 
 

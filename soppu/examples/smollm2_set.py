@@ -63,8 +63,13 @@ def _questions(user: PersonalUser) -> list[tuple[str, str, bool]]:
     return [(f.name, q, held) for f in FACTS for held, qs in ((False, f.trained), (True, f.held_out)) for q in qs]
 
 
-def _manifest(spec: TrainingSpec, base_key: str, users: list[PersonalUser], replies: dict[str, list[str]],
-              base_replies: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+def _manifest(
+    spec: TrainingSpec,
+    base_key: str,
+    users: list[PersonalUser],
+    replies: dict[str, list[str]],
+    base_replies: dict[str, str],
+) -> dict[str, Any]:
     return {
         "base": "smollm2",
         "base_model": "base",
@@ -96,7 +101,7 @@ def _manifest(spec: TrainingSpec, base_key: str, users: list[PersonalUser], repl
 
 def train_smollm2_examples(spec: TrainingSpec, out: Path, *, cache_dir: Path, progress: bool = False) -> Path:
     """Train ``spec.users`` personal adapters on the converted base and write them (with ``users.json``) to
-    ``out``. Cached by a key over the trainer, the converted base and ``spec``."""
+    ``out``. Cached by :meth:`TrainingSpec.key`."""
     base = cached_smollm2(cache_dir)
     base_key = base.name.removeprefix("smollm2-")
     final = cache_dir / "examples" / f"smollm2-users-{spec.key(base_key)}"
@@ -112,10 +117,16 @@ def train_smollm2_examples(spec: TrainingSpec, out: Path, *, cache_dir: Path, pr
                 disable=not progress,
             ) as bar:
                 adapters = train_personal_adapters(
-                    model, tokenizer, users, base_model_id=BASE_MODEL_ID, steps=spec.steps, lr=spec.lr,
+                    model,
+                    tokenizer,
+                    users,
+                    base_model_id=BASE_MODEL_ID,
+                    steps=spec.steps,
+                    lr=spec.lr,
                     users_per_batch=spec.users_per_batch,
-                    generator=generator, progress=bar.update,
-                )  # fmt: skip
+                    generator=generator,
+                    progress=bar.update,
+                )
             all_questions = sorted({q for _, q, _ in _questions(users[0])})
             base_replies = dict(zip(all_questions, ask(model, tokenizer, all_questions, None), strict=True))
             replies = {}
