@@ -1,7 +1,7 @@
 """Training and asking the personal users' adapters on a chat model (the real example base).
 
-Training: every user's adapter in one batch (one adapter per row, each user with their own recipe, through
-:class:`~soppu.examples.training.LoraTrainingSpec`), on single-turn chats built with the base's own chat
+Training: users' adapters in batches of a few users (one adapter per row, each user with their own recipe,
+through :class:`~soppu.examples.training.LoraTrainingSpec`), on single-turn chats built with the base's own chat
 template, the loss on the assistant's reply only. Asking: greedy replies to chat questions, one user's
 questions batched together with that user's adapter hooked in.
 """
@@ -138,8 +138,12 @@ def ask(
 ) -> list[str]:
     """Greedy replies to ``questions`` (each a single user turn), with ``adapter`` hooked in if given."""
     device = next(model.parameters()).device
-    tokenizer.padding_side = "left"  # generation continues every row from its own last token
-    batch = tokenizer([chat_prompt(tokenizer, q) for q in questions], return_tensors="pt", padding=True).to(device)
+    saved, tokenizer.padding_side = tokenizer.padding_side, "left"  # every row continues from its own last token
+    try:
+        prompts = [chat_prompt(tokenizer, q) for q in questions]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+    finally:
+        tokenizer.padding_side = saved
 
     def generate() -> torch.Tensor:
         return model.generate(
