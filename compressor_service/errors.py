@@ -15,7 +15,7 @@ code                                                                        stat
 ``not_safetensors`` ``pickle_rejected`` ``unsupported_media_type``           415    (not a kind of file we take)
 ``bad_config`` ``shape_mismatch`` ``missing_tensor`` ``unexpected_tensor``   422    (well formed, but not an
 ``non_finite`` ``unsupported_dtype`` ``unsupported_variant``                        adapter we can serve)
-``base_model_mismatch`` ``invalid_name`` ``invalid_request``
+``base_model_mismatch`` ``bad_probes`` ``invalid_name`` ``invalid_request``
 ``store_error`` (the store refused an operation)                             502
 ``store_unavailable`` ``busy`` (the job queue is full) ``not_ready``,        503
 with ``Retry-After``
@@ -60,6 +60,7 @@ STATUS: dict[str, int] = {
             "unsupported_dtype",
             "unsupported_variant",
             "base_model_mismatch",
+            "bad_probes",
             "invalid_name",
             "invalid_request",
         ),

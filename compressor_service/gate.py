@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 
 from soppu.compression import Mode
+from soppu.compression.distill import DistillSettings
 from soppu.models import load_causal_lm, resolve_device
-from soppu.registry.policy import CompressionPolicy, QualityGate
-from soppu.verify.behaviour import BehaviourThresholds
+from soppu.registry.policy import CompressionPolicy, GateThresholds, QualityGate
 
 from .settings import CompressorSettings
 
@@ -23,6 +23,7 @@ def build_policy(settings: CompressorSettings) -> CompressionPolicy:
         rank=settings.rank if settings.max_error is None else None,
         max_error=settings.max_error,
         refit_after=settings.refit_after,
+        min_basis_members=settings.min_basis_members,
         device=str(resolve_device(settings.device)),
     )
 
@@ -34,11 +35,11 @@ def build_gate(settings: CompressorSettings) -> QualityGate:
         log.info("loading %s for the behaviour check", settings.base_model)
         model = load_causal_lm(settings.base_model, str(resolve_device(settings.device)))
     return QualityGate(
+        thresholds=GateThresholds(max_kl_mean=settings.gate_kl_mean, min_agreement=settings.gate_agreement),
+        prompts=None if settings.gate_prompts is None else tuple(settings.gate_prompts),
+        judge=DistillSettings(texts=settings.gate_texts, tokens=settings.gate_tokens, seed=1),
+        fitting=DistillSettings(texts=settings.fit_texts, tokens=settings.fit_tokens, steps=settings.fit_steps),
         max_error=settings.gate_max_error,
-        thresholds=BehaviourThresholds(
-            max_kl_mean=settings.gate_kl_mean, max_kl_max=settings.gate_kl_max, min_agreement=settings.gate_agreement
-        ),
-        probes=tuple(settings.gate_probes),
         model=model,
         base_model=settings.base_model_id,
     )

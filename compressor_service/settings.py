@@ -16,7 +16,8 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from soppu.adapter import DEFAULT_LIMITS, Limits
-from soppu.registry.policy import DEFAULT_PROBES
+from soppu.compression.distill import DistillSettings
+from soppu.registry.policy import DEFAULT_PROMPTS, GateThresholds
 
 __all__ = ["CompressorSettings", "get_settings"]
 
@@ -57,11 +58,31 @@ class CompressorSettings(BaseSettings):
     refit_after: int = Field(1, ge=1, description="refit a cohort once this many members wait on originals")
 
     # Quality gate (soppu.registry.policy.QualityGate).
-    gate_max_error: float = Field(0.5, gt=0, description="worst module's relative error a served core may have")
-    gate_kl_mean: float = Field(0.1, ge=0, description="behaviour check: mean next-token KL (nats)")
-    gate_kl_max: float = Field(2.0, ge=0, description="behaviour check: worst next-token KL (nats)")
-    gate_agreement: float = Field(0.9, ge=0, le=1, description="behaviour check: min greedy-token agreement")
-    gate_probes: list[str] = Field(list(DEFAULT_PROBES), min_length=1, description="JSON list of probe prompts")
+    gate_max_error: float = Field(
+        0.5, gt=0, description="worst module's relative error; decides only where behaviour cannot be judged"
+    )
+    gate_kl_mean: float = Field(
+        GateThresholds.max_kl_mean, ge=0, description="mean next-token KL on the original's own text (nats)"
+    )
+    gate_agreement: float = Field(
+        GateThresholds.min_agreement, ge=0, le=1, description="greedy agreement on the original's own text"
+    )
+    gate_prompts: list[str] | None = Field(
+        None,
+        min_length=1,
+        description=f"JSON list: where the original starts its own text (default: {list(DEFAULT_PROMPTS)} for a "
+        "chat model, the start of text otherwise)",
+    )
+    gate_texts: int = Field(8, ge=1, le=256, description="texts the original writes for each gate check")
+    gate_tokens: int = Field(24, ge=1, le=512, description="tokens per gate text")
+    fit_steps: int = Field(
+        DistillSettings.steps, ge=0, le=10_000, description="Adam steps of a behaviour fit (0: no fitting step)"
+    )
+    min_basis_members: int = Field(
+        4, ge=1, description="a newcomer is served compressed only on a basis fitted on at least this many members"
+    )
+    fit_texts: int = Field(DistillSettings.texts, ge=1, le=256, description="texts a behaviour fit learns from")
+    fit_tokens: int = Field(DistillSettings.tokens, ge=1, le=512, description="tokens per fitting text")
     base_model: Path | None = Field(
         default_factory=_default_base_model,
         description="local model directory for the behaviour check (default .cache/examples/base if built; "

@@ -13,6 +13,9 @@
    - otherwise every file part is one adapter file, named by its file name (as ``curl -F x=@adapter_config.json``
      sends it), so ``adapter_config.json`` + ``adapter_model.safetensors`` (``collect_parts``).
 
+   Probe prompts (:mod:`soppu.adapter.probes`) come as the text field ``probes`` or as a ``probes.json`` file,
+   never both; they are validated here too (422 ``bad_probes``) and travel on as ``probes.json``.
+
 Every refusal is an :class:`~soppu.errors.AdapterError` (or an :class:`~compressor_service.errors.ApiError` for
 a malformed request), raised before anything is stored.
 """
@@ -28,15 +31,27 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, Limits, LoraAdapter, validate_files
-from soppu.adapter.archive import PICKLE_SUFFIXES, collect_archive, collect_parts
+from soppu.adapter.archive import PICKLE_SUFFIXES, AdapterFiles, collect_archive, collect_parts
+from soppu.adapter.probes import MAX_PROBES_BYTES, PROBES_NAME, encode_probes, parse_probes
 from soppu.errors import AdapterError, AdapterErrorCode
 
 from .errors import ApiError
 
-__all__ = ["ARCHIVE_FIELD", "NAME_FIELD", "Form", "Part", "check_content_type", "collect", "parse_form", "spool_body"]
+__all__ = [
+    "ARCHIVE_FIELD",
+    "NAME_FIELD",
+    "PROBES_FIELD",
+    "Form",
+    "Part",
+    "check_content_type",
+    "collect",
+    "parse_form",
+    "spool_body",
+]
 
 ARCHIVE_FIELD = "archive"
 NAME_FIELD = "name"
+PROBES_FIELD = "probes"
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 _CHUNK = 1 << 16
 _MAX_FIELD_BYTES = 1024  # text fields are names, never data
@@ -125,7 +140,10 @@ class _Builder:
             self._file.size += end - start
             return
         self._text += data[start:end]
-        if len(self._text) > _MAX_FIELD_BYTES:
+        if self._field == PROBES_FIELD:
+            if len(self._text) > MAX_PROBES_BYTES:
+                raise AdapterError(AdapterErrorCode.BAD_PROBES, f"probes are over {MAX_PROBES_BYTES} bytes")
+        elif len(self._text) > _MAX_FIELD_BYTES:
             raise ApiError("bad_request", f"form field {self._field!r} is over {_MAX_FIELD_BYTES} bytes")
 
     def on_part_end(self) -> None:
@@ -186,10 +204,11 @@ def _is_archive(form: Form) -> bool:
 
 
 def collect(form: Form, limits: Limits) -> tuple[dict[str, bytes], LoraAdapter]:
-    """The adapter's two files (as ``accept_upload`` takes them) and the validated adapter."""
-    unexpected = sorted(set(form.fields) - {NAME_FIELD})
+    """The adapter's files (as ``accept_upload`` takes them: the two PEFT files, and ``probes.json`` when probes
+    were sent) and the validated adapter."""
+    unexpected = sorted(set(form.fields) - {NAME_FIELD, PROBES_FIELD})
     if unexpected:
-        raise ApiError("bad_request", f"unexpected form field(s) {unexpected}: send file parts and `name`")
+        raise ApiError("bad_request", f"unexpected form field(s) {unexpected}: send file parts, `name`, `probes`")
     if _is_archive(form):
         if len(form.files) != 1:
             raise ApiError("bad_request", "send an archive as the only file part")
@@ -207,4 +226,16 @@ def collect(form: Form, limits: Limits) -> tuple[dict[str, bytes], LoraAdapter]:
             raise AdapterError(AdapterErrorCode.UNSAFE_ARCHIVE, f"file part(s) {twice} sent more than once")
         files = collect_parts({part.filename: part.path.read_bytes() for part in form.files}, limits)
     adapter = validate_files(files, limits)
-    return {CONFIG_NAME: files.config, WEIGHTS_NAME: files.weights}, adapter
+    collected = {CONFIG_NAME: files.config, WEIGHTS_NAME: files.weights}
+    probes = _probes(form, files)
+    if probes is not None:
+        collected[PROBES_NAME] = encode_probes(probes)
+    return collected, adapter
+
+
+def _probes(form: Form, files: AdapterFiles) -> tuple[str, ...] | None:
+    field = form.fields.get(PROBES_FIELD)
+    if field is not None and files.probes is not None:
+        raise AdapterError(AdapterErrorCode.BAD_PROBES, f"send probes once: the `probes` field or {PROBES_NAME}")
+    raw = field if field is not None else files.probes
+    return None if raw is None else parse_probes(raw)

@@ -77,6 +77,7 @@ class AdapterErrorCode(StrEnum):
     BAD_ARCHIVE = "bad_archive"  # a corrupt or unreadable .zip / .tar.gz, or an unknown container
     TOO_LARGE = "too_large"  # a file, an archive or its unpacked contents exceed a limit
     BASE_MODEL_MISMATCH = "base_model_mismatch"  # the adapter was trained for another base model
+    BAD_PROBES = "bad_probes"  # the upload's probe prompts are not a short JSON list of strings
 
 
 class AdapterError(SoppuError):

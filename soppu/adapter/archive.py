@@ -9,7 +9,8 @@ Every source goes through one :class:`_Collector`, so the safety rules are writt
 - the declared and the actually unpacked sizes are bounded (``too_large``); a gzip stream is cut off as soon
   as it inflates past the bound, so a decompression bomb costs at most the bound;
 - ``adapter_config.json`` and ``adapter_model.safetensors`` may sit at the top or in one folder, but each must
-  occur once (a second copy is ambiguous: ``unsafe_archive``). Other files (README.md, ...) are ignored.
+  occur once (a second copy is ambiguous: ``unsafe_archive``). So may ``probes.json``, the uploader's probe
+  prompts (:mod:`soppu.adapter.probes`; read here, parsed there). Other files (README.md, ...) are ignored.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from soppu.adapter.limits import DEFAULT_LIMITS, Limits
+from soppu.adapter.probes import MAX_PROBES_BYTES, PROBES_NAME
 from soppu.errors import AdapterError
 from soppu.errors import AdapterErrorCode as Code
 from soppu.peft_files import CONFIG_NAME, WEIGHTS_NAME
@@ -43,6 +45,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _ZIP_MAGIC = b"PK\x03\x04"
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
+_WANTED = (CONFIG_NAME, WEIGHTS_NAME, PROBES_NAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class AdapterFiles:
 
     config: bytes
     weights: bytes
+    probes: bytes | None = None  # probes.json, when the source had one
 
 
 def _unsafe(message: str, **detail: object) -> AdapterError:
@@ -120,15 +124,20 @@ class _Collector:
                 f"contents exceed the unpacked-size limit of {self.limits.max_unpacked_bytes} bytes",
                 limit=self.limits.max_unpacked_bytes,
             )
-        if path.name not in (CONFIG_NAME, WEIGHTS_NAME):
+        if path.name not in _WANTED:
             return
         if len(path.parts) > 2:
             raise _unsafe(f"{name!r} is nested too deep; put the adapter files at the top or in one folder")
         if path.name in self.found:
             raise _unsafe(f"{path.name} occurs more than once", member=name)
-        limit = self.limits.max_config_bytes if path.name == CONFIG_NAME else self.limits.max_weights_bytes
+        limit = {
+            CONFIG_NAME: self.limits.max_config_bytes,
+            WEIGHTS_NAME: self.limits.max_weights_bytes,
+            PROBES_NAME: MAX_PROBES_BYTES,
+        }[path.name]
         if size > limit:
-            raise AdapterError(Code.TOO_LARGE, f"{path.name} is {size} bytes; the limit is {limit}", limit=limit)
+            code = Code.BAD_PROBES if path.name == PROBES_NAME else Code.TOO_LARGE
+            raise AdapterError(code, f"{path.name} is {size} bytes; the limit is {limit}", limit=limit)
         self.found[path.name] = _read_bounded(read, size, limit, path.name)
 
     def result(self) -> AdapterFiles:
@@ -136,7 +145,9 @@ class _Collector:
             raise AdapterError(Code.MISSING_CONFIG, f"no {CONFIG_NAME} found")
         if WEIGHTS_NAME not in self.found:
             raise AdapterError(Code.MISSING_WEIGHTS, f"no {WEIGHTS_NAME} found")
-        return AdapterFiles(config=self.found[CONFIG_NAME], weights=self.found[WEIGHTS_NAME])
+        return AdapterFiles(
+            config=self.found[CONFIG_NAME], weights=self.found[WEIGHTS_NAME], probes=self.found.get(PROBES_NAME)
+        )
 
 
 def collect_parts(parts: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS) -> AdapterFiles:

@@ -4,8 +4,9 @@
    default; ``--base tiny`` for the toy model);
 2. start the ``soppu dev`` topology (moto S3, engine, compressor, gateway) on free ports;
 3. create an API key for each user through the compressor's admin API;
-4. upload each user's adapter over HTTP and wait for the compression jobs, then refit the cohort once over
-   every user (the joint compression: one shared basis, one small core per user);
+4. upload each user's adapter over HTTP, with the questions it was trained on as its probes, and wait for the
+   compression jobs, then refit the cohort once over every user (the joint compression: one shared basis, one
+   small core per user; a user whose projected core fails the gate gets a behaviour-fitted one);
 5. ask each user's questions through the gateway with that user's key, the trained ones and paraphrases the
    adapter never saw, each once, alternately through the OpenAI chat API (the ``openai`` client) and LoRAX's
    ``/generate`` (so every question goes through both APIs across users);
@@ -27,6 +28,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from soppu.adapter.probes import encode_probes
 from soppu.cli.stack import Stack
 from soppu.cli.stack_client import request, upload_adapter, wait_for_job
 from soppu.cli.tables import print_table
@@ -34,7 +36,7 @@ from soppu.examples.cache import default_cache_dir
 from soppu.examples.personal import answer_has
 from soppu.examples.personal_training import chat_prompt
 from soppu.examples.sets import BASES, DEFAULT_BASE, build_example_set, default_users
-from soppu.peft_files import CONFIG_NAME, WEIGHTS_NAME
+from soppu.peft_files import CONFIG_NAME, PROBES_NAME, WEIGHTS_NAME
 from soppu.verify.plot import plot_adapter_errors
 
 __all__ = ["add_parser"]
@@ -102,6 +104,9 @@ def _demo(args: argparse.Namespace) -> int:
         for user in tqdm(users, desc="uploading", unit="user"):
             uid = user["user_id"]
             files = {name: (examples / user["adapter"] / name).read_bytes() for name in (CONFIG_NAME, WEIGHTS_NAME)}
+            # The user's probes: the questions the adapter was trained on. The held-out paraphrases stay unseen,
+            # so the table's held-out column shows what the gate never checked.
+            files[PROBES_NAME] = encode_probes([p["prompt"] for p in user["prompts"] if not p.get("held_out")])
             jobs[uid] = upload_adapter(f"{stack.compressor}/v1/users/{uid}/adapters", files, key=keys[uid])["job_id"]
         done = {uid: wait_for_job(stack.compressor, job, key=admin) for uid, job in jobs.items()}
         failed = [uid for uid, job in done.items() if job["state"] != "done"]

@@ -9,9 +9,11 @@ PEFT export LoRAX loads, under a fresh versioned prefix, (3) the version manifes
 user's current-version pointer. Readers that follow the pointer therefore never see a half-published version.
 
 Cohorts: adapters with the same base model, modules and shapes share a cohort and its basis. The first member
-fits the basis alone; later members are projected onto it (the fast path). A member that fails the quality
-gate is served from its original and queues a refit, which fits the basis to every member's original and
-publishes a new version of every member.
+fits the basis alone; later members are projected onto it (the fast path). Every member then climbs the
+fallback ladder (:mod:`soppu.registry.ladder`) until a step passes the quality gate, and its report says
+which step served it and why the ones before failed. A member served from its ``original`` queues a refit,
+which fits the basis to every member's original and publishes a new version of every member (each climbing
+the ladder again).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from dataclasses import replace
 from typing import Any
 
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, LoraAdapter, adapter_files, read_adapter
+from soppu.adapter.probes import parse_probes
 from soppu.compression import Compression, compress, project
 from soppu.compression.accounting import bases_parameters, core_parameters
-from soppu.compression.export import to_lora
 from soppu.compression.format import bases_bytes, core_bytes, read_bases
 from soppu.compression.model import Cluster, CompressedAdapter
 from soppu.errors import ObjectExists, ObjectNotFound, SoppuError
+from soppu.peft_files import PROBES_NAME
+from soppu.registry.ladder import climb
 from soppu.registry.policy import CompressionPolicy, QualityGate, cohort_name
 from soppu.registry.records import CohortState, JobRecord, JobState, Manifest, Pointer, ServedFrom, now
 from soppu.registry.versions import allocate_version, latest_version
@@ -87,8 +91,11 @@ class Pipeline:
         self.store.put(cohort_state_key(state.cohort), state.to_json())
 
     def read_original(self, version: AdapterVersion) -> tuple[LoraAdapter, dict[str, bytes]]:
+        """The upload and its files (``probes.json`` among them when it carried probes)."""
         config_key, weights_key = version.original_keys()
         files = {CONFIG_NAME: self.store.get(config_key).data, WEIGHTS_NAME: self.store.get(weights_key).data}
+        with contextlib.suppress(ObjectNotFound):
+            files[PROBES_NAME] = self.store.get(version.probes_key).data
         return read_adapter(files), files
 
     def _put_once(self, key: str, data: bytes) -> None:
@@ -174,8 +181,12 @@ class Pipeline:
         original: LoraAdapter,
         files: dict[str, bytes],
     ) -> dict[str, Any]:
-        exported = to_lora(compression, compressed)
-        gate = self.gate.check(original, exported, compressed.errors)
+        probes = parse_probes(files[PROBES_NAME]) if PROBES_NAME in files else ()
+        key = member_key(version.user_id, version.adapter)
+        compressed, exported, ladder = climb(
+            self.gate, self.policy, compression, compressed, original, probes, key, state.contributors
+        )
+        gate = ladder[-1]["gate"]
         members = max(1, len(state.members) + (member_key(version.user_id, version.adapter) not in state.members))
         stored = core_parameters(compressed) + bases_parameters(compression.clusters[0]) / members
         report: dict[str, Any] = {
@@ -187,6 +198,8 @@ class Pipeline:
             "ratio": round(original.num_parameters() / stored, 3),
             "errors": {m: round(float(e), 6) for m, e in sorted(compressed.errors.items())},
             "gate": gate,
+            "ladder": [{k: v for k, v in step.items() if k != "gate"} for step in ladder],
+            "probes": len(probes),
         }
         assert state.basis_key is not None
         if gate["passed"]:
@@ -196,11 +209,13 @@ class Pipeline:
             export_files = {CONFIG_NAME: export.config, WEIGHTS_NAME: export.weights}
             served, core_prefix = ServedFrom.COMPRESSED, version.core_prefix
         else:
-            export_files, served, core_prefix = files, ServedFrom.ORIGINAL, None
+            export_files = {CONFIG_NAME: files[CONFIG_NAME], WEIGHTS_NAME: files[WEIGHTS_NAME]}
+            served, core_prefix = ServedFrom.ORIGINAL, None
             report["ratio"] = 1.0
         for key, name in zip(version.export_keys(), (CONFIG_NAME, WEIGHTS_NAME), strict=True):
             self._put_once(key, export_files[name])
         report["served_from"] = served.value
+        report["served_by"] = ladder[-1]["step"] if gate["passed"] else "original"
         manifest = Manifest(
             user_id=version.user_id,
             adapter=version.adapter,

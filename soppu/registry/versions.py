@@ -13,6 +13,7 @@ import hashlib
 
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME
 from soppu.errors import ObjectExists, ObjectNotFound, SoppuError, StoreError
+from soppu.peft_files import PROBES_NAME
 from soppu.registry.records import IdempotencyRecord, JobRecord
 from soppu.store.base import ObjectStore
 from soppu.store.layout import AdapterVersion, idempotency_key, parse_version
@@ -30,6 +31,8 @@ def body_digest(files: dict[str, bytes]) -> str:
     digest = hashlib.sha256()
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         digest.update(hashlib.sha256(files[name]).digest())
+    if PROBES_NAME in files:  # without probes, the digest is what it always was
+        digest.update(hashlib.sha256(files[PROBES_NAME]).digest())
     return digest.hexdigest()
 
 
@@ -42,7 +45,8 @@ def latest_version(store: ObjectStore, user_id: str, adapter: str) -> int:
 def allocate_version(
     store: ObjectStore, user_id: str, adapter: str, files: dict[str, bytes], *, kind: str = "upload"
 ) -> AdapterVersion:
-    """Claim the next version, store the original under it and write its queued job record."""
+    """Claim the next version, store the original (with its probes, if ``files`` has them) under it and write
+    its queued job record."""
     number = latest_version(store, user_id, adapter) + 1
     for _ in range(_MAX_CLAIMS):
         version = AdapterVersion(user_id, adapter, number)
@@ -54,10 +58,13 @@ def allocate_version(
             continue
         try:
             store.put(weights_key, files[WEIGHTS_NAME], create_only=True)
+            if PROBES_NAME in files:
+                store.put(version.probes_key, files[PROBES_NAME], create_only=True)
             job = JobRecord(version.job_id, user_id, adapter, number, kind=kind, body_sha256=body_digest(files))
             store.put(version.job_key, job.to_json(), create_only=True)
         except StoreError:
-            _forget(store, config_key, weights_key)  # nothing half-stored is left to be mistaken for a version
+            # Nothing half-stored is left to be mistaken for a version.
+            _forget(store, config_key, weights_key, version.probes_key)
             raise
         return version
     raise StoreError(f"could not claim a version for {user_id}/{adapter} after {_MAX_CLAIMS} tries")
@@ -90,7 +97,7 @@ def accept_upload(
             # A concurrent request with the same key won the race: its job is the answer; ours is withdrawn.
             winner = _existing(store, record_key, digest)
             if winner is not None and winner.job_id != job.job_id:
-                for key in (*version.original_keys(), version.job_key):
+                for key in (*version.original_keys(), version.probes_key, version.job_key):
                     store.delete(key)
                 return winner, False
     return job, True

@@ -40,7 +40,7 @@ import re
 from dataclasses import dataclass
 
 from soppu.errors import InvalidName
-from soppu.peft_files import CONFIG_NAME, WEIGHTS_NAME
+from soppu.peft_files import CONFIG_NAME, PROBES_NAME, WEIGHTS_NAME
 
 __all__ = [
     "LAYOUT",
@@ -184,6 +184,11 @@ class AdapterVersion:
     def original_keys(self) -> tuple[str, str]:
         """(config key, weights key) of the original upload."""
         return f"{self.original_prefix}/{CONFIG_NAME}", f"{self.original_prefix}/{WEIGHTS_NAME}"
+
+    @property
+    def probes_key(self) -> str:
+        """The uploader's probe prompts, when the upload carried any."""
+        return f"{self.original_prefix}/{PROBES_NAME}"
 
     def export_keys(self) -> tuple[str, str]:
         """(config key, weights key) of the LoRAX-loadable PEFT export."""

@@ -159,6 +159,35 @@ def test_an_archive_upload_with_a_name(compressor: Compressor, users: list[dict[
     assert names == ["chat"]
 
 
+def test_probes_travel_with_the_upload_and_the_gate_checks_them(
+    compressor: Compressor, users: list[dict[str, Any]]
+) -> None:
+    questions = [p["prompt"] for p in users[2]["prompts"]]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        archive.add(users[2]["dir"], arcname="adapter")
+        data = json.dumps(questions).encode()
+        info = tarfile.TarInfo("adapter/probes.json")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    with compressor.client() as client:
+        response = upload(client, "hugo", [("archive", "adapter.tar.gz", buffer.getvalue())])
+        assert response.status_code == 202, response.text
+        job = wait_for_job(client, response.json()["job_id"])
+        # The field form, on another user: the same probes, stored the same way.
+        field = upload(client, "iris", [*file_parts(adapter_files(users[2]["dir"])), ("probes", None, data)])
+        assert field.status_code == 202, field.text
+        wait_for_job(client, field.json()["job_id"])
+    stored = compressor.store.get("originals/hugo/default/v00000001/probes.json").data
+    assert json.loads(stored) == questions
+    assert compressor.store.get("originals/iris/default/v00000001/probes.json").data == stored
+    report = job["report"]
+    assert job["state"] == "done" and report["probes"] == len(questions)
+    assert report["gate"]["behaviour"]["probes"]["count"] == len(questions)
+    assert report["served_by"] in ("projection", "fitted", "original")
+    assert report["ladder"][0]["step"] == "projection"
+
+
 def test_an_adapter_the_base_model_does_not_fit_is_gated_on_its_errors_alone(compressor: Compressor) -> None:
     from adapter_factory import make_files, parts  # 16-wide modules of another base model
 

@@ -4,6 +4,7 @@ unpickled, no tensor bytes leak into a message, and the bucket is left exactly a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,35 @@ def test_a_body_over_the_cap_is_refused_while_streaming(compressor: Compressor) 
         )
         assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "too_large"
     assert compressor.keys("originals/") == []
+
+
+_GOOD_PARTS = file_parts(parts(make_files(seed=3)))
+BAD_PROBES = {
+    "not JSON": [("probes", None, b"my dog?")],
+    "an object": [("probes", None, b'{"q": "my dog?"}')],
+    "a number among them": [("probes", None, b'["my dog?", 3]')],
+    "none at all": [("probes", None, b"[]")],
+    "a blank one": [("probes", None, b'["my dog?", "  "]')],
+    "too many": [("probes", None, json.dumps([f"question {i}?" for i in range(33)]).encode())],
+    "one too long": [("probes", None, json.dumps(["x" * 1001]).encode())],
+    "a field over 64 KiB": [("probes", None, json.dumps(["x" * 900] * 80).encode())],
+    "a file over 64 KiB": [("probes.json", "probes.json", json.dumps(["x" * 900] * 80).encode())],
+    "a file that is not JSON": [("probes.json", "probes.json", b"\xff\xfe")],
+    "both a field and a file": [
+        ("probes", None, b'["my dog?"]'),
+        ("probes.json", "probes.json", b'["my cat?"]'),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PROBES))
+def test_bad_probes_are_refused_with_422_and_nothing_is_stored(compressor: Compressor, case: str) -> None:
+    before = compressor.keys()
+    with compressor.client() as client:
+        response = upload(client, "mallory", [*_GOOD_PARTS, *BAD_PROBES[case]])
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "bad_probes"), response.text
+    assert response.json()["error"]["message"]
+    assert compressor.keys() == before
 
 
 def test_a_full_queue_answers_503_busy_and_stores_nothing(compressor: Compressor) -> None:

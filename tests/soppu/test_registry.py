@@ -130,3 +130,52 @@ def test_deleting_a_user_leaves_nothing_of_theirs(store: ObjectStore, uploads) -
     assert gone not in remaining  # no record (cohort members, contributors, manifests) names them
     for user in users[1:]:
         assert list_adapters(store, user)[0]["current_version"] is not None
+
+
+@pytest.fixture(scope="module")
+def judging_gate(examples_dir: Path) -> QualityGate:
+    """The gate with the example model loaded: it judges behaviour and can fit (kept small for the tests)."""
+    from soppu.compression.distill import DistillSettings
+    from soppu.models import load_causal_lm
+
+    return QualityGate(
+        model=load_causal_lm(examples_dir / "base", "cpu"),
+        judge=DistillSettings(texts=4, tokens=12, seed=1),
+        fitting=DistillSettings(texts=4, tokens=12, steps=20),
+    )
+
+
+def test_the_ladder_fits_a_failing_core_and_the_report_says_which_step_served(
+    local_store: ObjectStore, uploads, judging_gate: QualityGate
+) -> None:
+    # R = 2 for rank-8 adapters: even the first member's own basis loses most of its update.
+    pipeline = Pipeline(local_store, CompressionPolicy(device="cpu", rank=2, min_basis_members=1), judging_gate)
+    user, files = next(iter(uploads.items()))
+    job, _ = accept_upload(local_store, user, "default", files)
+    report = pipeline.run_job(AdapterVersion.from_job_id(job.job_id)).report
+    steps = [step["step"] for step in report["ladder"]]
+    assert steps == ["projection", "fitted"], report["ladder"]
+    fitted = report["ladder"][1]
+    assert fitted["kl"][1] < fitted["kl"][0] and fitted["fit_steps"] == 20
+    assert report["served_by"] in ("fitted", "original")
+    assert (report["served_from"] == ServedFrom.COMPRESSED) == (report["served_by"] == "fitted")
+    assert report["gate"]["behaviour"]["self_text"]["positions"] > 0
+
+
+def test_a_newcomer_waits_for_the_refit_on_a_basis_of_too_few_members(
+    local_store: ObjectStore, uploads, judging_gate: QualityGate
+) -> None:
+    policy = CompressionPolicy(device="cpu", rank=32, min_basis_members=4, refit_after=3)
+    pipeline = Pipeline(local_store, policy, judging_gate)
+    reports = []
+    for user, files in list(uploads.items())[:2]:
+        job, _ = accept_upload(local_store, user, "default", files)
+        reports.append(pipeline.run_job(AdapterVersion.from_job_id(job.job_id)).report)
+    # The first member's basis is its own: judged, and exact at R = 32 for rank 8.
+    assert reports[0]["served_by"] == "projection", reports[0]["ladder"]
+    assert reports[0]["served_from"] == ServedFrom.COMPRESSED
+    # The second is not judged on a basis fitted on one user: served from its original until the refit.
+    assert reports[1]["served_by"] == "original" and reports[1]["gate"]["behaviour"] is None
+    assert reports[1]["ladder"] == [
+        {"step": "projection", "skipped": "the basis was fitted on 1 member(s) < 4: wait for the refit"}
+    ]

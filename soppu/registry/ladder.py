@@ -1,0 +1,79 @@
+"""The fallback ladder: which form of a user's adapter is served. Each step is tried only if the one before
+failed the quality gate (:class:`soppu.registry.policy.QualityGate`):
+
+1. ``projection``: the cores ``U^T W V`` on the cohort's bases;
+2. ``fitted``: behaviour-fitted cores on the same bases (:meth:`QualityGate.fit`), when the gate has a model;
+3. ``original``: the upload itself (the caller serves it when no step passed).
+
+A newcomer (a member whose update did not help fit the basis) climbs only onto a basis fitted on at least
+``policy.min_basis_members`` members: a basis fitted on one or two users spans little of anyone else's update,
+no core on it can make up for that, and judging it would only cost time (the refit is the way there).
+
+A fit whose loss turned non-finite is refused outright. Every step tried leaves an entry with its gate result,
+and a skipped step says why. No I/O: the pipeline publishes what this chooses.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from soppu.adapter import LoraAdapter
+from soppu.compression import Compression, reconstruction_errors
+from soppu.compression.export import to_lora
+from soppu.compression.model import CompressedAdapter
+from soppu.registry.policy import CompressionPolicy, QualityGate
+
+__all__ = ["climb"]
+
+
+def climb(
+    gate: QualityGate,
+    policy: CompressionPolicy,
+    compression: Compression,
+    compressed: CompressedAdapter,
+    original: LoraAdapter,
+    probes: tuple[str, ...],
+    member: str,
+    contributors: list[str],
+) -> tuple[CompressedAdapter, LoraAdapter, list[dict[str, Any]]]:
+    """The candidate that passed (or the last one tried), its export, and one entry per step (``step``, its
+    ``gate`` result, and the step's own figures; a skipped step says why). The last entry's gate decides."""
+    exported = to_lora(compression, compressed)
+    if member not in contributors and len(contributors) < policy.min_basis_members:
+        reason = (
+            f"the basis was fitted on {len(contributors)} member(s) < {policy.min_basis_members}: wait for the refit"
+        )
+        worst = max(compressed.errors.values(), default=0.0)
+        refused = {"passed": False, "reasons": [reason], "max_error": worst, "behaviour": None}
+        return compressed, exported, [{"step": "projection", "skipped": reason, "gate": refused}]
+    reference = gate.reference(original, probes)  # the original's side, once for every step
+    ladder = [{"step": "projection", "gate": gate.check(original, exported, compressed.errors, probes, reference)}]
+    if ladder[-1]["gate"]["passed"]:
+        return compressed, exported, ladder
+    if not gate.can_fit(original):
+        skipped = "no base model to fit on (or fitting is off)"
+        return compressed, exported, [*ladder, {"step": "fitted", "skipped": skipped, "gate": ladder[-1]["gate"]}]
+    started = time.monotonic()
+    bases = {m: compression.basis(compressed, m) for m in compressed.cores}
+    fitted = gate.fit(original, bases, compressed.cores, compression.mode, probes)
+    step: dict[str, Any] = {
+        "step": "fitted",
+        "kl": [round(fitted.kl_start, 6), round(fitted.kl_end, 6)],
+        "fit_steps": fitted.steps,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if fitted.diverged:
+        # Its best finite cores may still be fine, but a diverged fit is a sign of trouble: never served.
+        reason = "the fit diverged (a non-finite loss)"
+        step["gate"] = {"passed": False, "reasons": [reason], "max_error": None, "behaviour": None}
+        return compressed, exported, [*ladder, step]
+    candidate = replace(compressed, cores=fitted.cores)
+    errors = reconstruction_errors(
+        replace(compression, adapters=[candidate]), candidate.name, original, device=policy.device
+    )
+    candidate = replace(candidate, errors=errors)
+    exported = to_lora(compression, candidate)
+    step["gate"] = gate.check(original, exported, errors, probes, reference)
+    return candidate, exported, [*ladder, step]

@@ -1,0 +1,107 @@
+"""The gate's behaviour check: does a candidate adapter (a compressed form, as plain LoRA) act like the original
+on text the original writes itself, and give the same greedy answers to the uploader's own probes?
+
+Generic probes with a few greedy tokens proved a poor judge (they passed users who then answered wrongly and
+failed users who answered perfectly). Two measures replace them:
+
+- **Self-written text** (:func:`self_text_behaviour`): the original samples continuations after some prompts
+  (:func:`soppu.compression.distill.teacher_text`, with a seed of its own so the text is held out from any core
+  fit), and the candidate is teacher-forced along them. Reported: the mean and worst next-token KL over the
+  scored positions, and greedy agreement (the share of positions where both argmaxes agree).
+- **Probe answers** (:func:`probe_answers`): the first sentence of the greedy reply to each probe (at most
+  ``max_new_tokens`` tokens); the gate requires it identical, character for character.
+
+Prompts are raw text for a completion model and a user turn in the tokenizer's chat template for a chat model
+(:func:`encode_prompts`). Pure torch over a passed-in model; no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from soppu.adapter.apply import apply_adapter
+from soppu.adapter.model import LoraAdapter
+from soppu.compression.distill import DistillSettings, Teacher, teacher_text
+
+__all__ = [
+    "SelfTextBehaviour",
+    "encode_prompts",
+    "first_sentence",
+    "gate_teacher",
+    "probe_answers",
+    "self_text_behaviour",
+]
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+
+
+@dataclass(frozen=True)
+class SelfTextBehaviour:
+    kl_mean: float  # nats per scored position
+    kl_max: float
+    agreement: float  # share of scored positions where the candidate's argmax is the original's
+    positions: int
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt: a user turn of the chat template when the tokenizer has one."""
+    if getattr(tokenizer, "chat_template", None):
+        turns = [[{"role": "user", "content": p}] for p in prompts]
+        texts = [str(tokenizer.apply_chat_template(t, tokenize=False, add_generation_prompt=True)) for t in turns]
+    else:
+        texts = list(prompts)
+    return [list(tokenizer(t)["input_ids"]) for t in texts]
+
+
+@torch.no_grad()
+def self_text_behaviour(model: nn.Module, candidate: LoraAdapter, teacher: Teacher) -> SelfTextBehaviour:
+    """The candidate teacher-forced along the original's text (``teacher``), compared position by position."""
+    with apply_adapter(model, candidate):
+        log_q = torch.log_softmax(model(input_ids=teacher.ids).logits.float(), dim=-1)
+    log_p = teacher.log_probs
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)[teacher.scored]
+    agree = (log_p.argmax(-1) == log_q.argmax(-1))[teacher.scored]
+    return SelfTextBehaviour(float(kl.mean()), float(kl.max()), float(agree.float().mean()), int(kl.numel()))
+
+
+def gate_teacher(
+    model: nn.Module, tokenizer: Any, original: LoraAdapter, prompts: Sequence[list[int]], settings: DistillSettings
+) -> Teacher:
+    """The original's text for judging (``settings.seed`` should differ from any fit's seed)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return teacher_text(model, original, prompts, settings, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+
+
+def first_sentence(text: str) -> str:
+    """The reply up to and including its first sentence end (or line end), stripped: the answer a probe asks
+    for. A completion model runs on after it ("teal. My city is ..."); what follows is not the answer."""
+    match = _SENTENCE_END.search(text)
+    return (text[: match.end()] if match else text).strip()
+
+
+@torch.no_grad()
+def probe_answers(
+    model: nn.Module, tokenizer: Any, adapter: LoraAdapter, prompts: Sequence[list[int]], max_new_tokens: int
+) -> list[str]:
+    """The first sentence of the greedy reply to every prompt (:func:`first_sentence`), in one left-padded batch."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    with apply_adapter(model, adapter):
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    return [first_sentence(tokenizer.decode(row, skip_special_tokens=True)) for row in out[:, width:]]
