@@ -42,7 +42,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-from _timing import emit_report, machine  # noqa: E402
+from _timing import emit_report, percentile  # noqa: E402
 
 from soppu.adapter import LoraAdapter, read_adapter  # noqa: E402
 from soppu.compression import Compression, Mode, RankPolicy, compress, project  # noqa: E402
@@ -151,29 +151,32 @@ def run(args: argparse.Namespace, cohort: Cohort) -> dict[str, Any]:
     compressions = [
         compress(members, mode=Mode.FULL, policy=RankPolicy.fixed(rank), device=device) for members in groups.values()
     ]
+    ratio = _ratio(list(originals.values()), compressions)
     reference = _answers(directory, originals, device)
 
     served: dict[str, dict[str, LoraAdapter]] = {"baseline": {}, "ladder": {}}
     rows: dict[str, dict[str, Any]] = {}
     candidates: list[tuple[str, str, LoraAdapter, bool]] = []  # (user, step, export, passed): the gate's recall
-    for compression in compressions:
-        for compressed in compression.adapters:
-            name = compressed.name
-            original = originals[name]
-            exported = to_lora(compression, compressed)
-            started = time.process_time()
-            old = baseline_serves(model, tokenizer, original, exported, compressed.errors)
-            old_s = time.process_time() - started
-            by, export, ladder, new_s = _ladder(gate, compression, name, original, probes[name])
-            served["baseline"][name] = exported if old else original
-            served["ladder"][name] = export if export is not None else original
-            rows[name] = {"baseline": "projection" if old else "original", "ladder": by}
-            rows[name] |= {"baseline_cpu_s": round(old_s, 2), "ladder_cpu_s": round(new_s, 2)}
-            rows[name]["steps"] = [
-                {k: v for k, v in s.items() if k not in ("gate",)} | {"passed": s["gate"]["passed"]} for s in ladder
-            ]
-            candidates.append((name, "projection", exported, ladder[0]["gate"]["passed"]))
-            _say(f"[ladder] {name}: baseline {rows[name]['baseline']}, ladder {by} ({new_s:.1f} s)")
+    judged = [(c, a) for c in compressions for a in c.adapters][: args.limit or None]
+    for compression, compressed in judged:
+        name = compressed.name
+        original = originals[name]
+        exported = to_lora(compression, compressed)
+        started = time.process_time()
+        old = baseline_serves(model, tokenizer, original, exported, compressed.errors)
+        old_s = time.process_time() - started
+        by, export, ladder, new_s = _ladder(gate, compression, name, original, probes[name])
+        served["baseline"][name] = exported if old else original
+        served["ladder"][name] = export if export is not None else original
+        rows[name] = {"baseline": "projection" if old else "original", "ladder": by}
+        rows[name] |= {"baseline_cpu_s": round(old_s, 2), "ladder_cpu_s": round(new_s, 2)}
+        rows[name]["steps"] = [
+            {k: v for k, v in s.items() if k not in ("gate",)} | {"passed": s["gate"]["passed"]} for s in ladder
+        ]
+        candidates.append((name, "projection", exported, ladder[0]["gate"]["passed"]))
+        _say(f"[ladder] {name}: baseline {rows[name]['baseline']}, ladder {by} ({new_s:.1f} s)")
+    originals = {n: originals[n] for n in rows}
+    reference = {n: reference[n] for n in rows}
     answers = {kind: _answers(directory, adapters, device) for kind, adapters in served.items()}
     projection_answers = _answers(directory, {n: e for n, _, e, _ in candidates}, device)
     result: dict[str, Any] = {"pipelines": {}}
@@ -203,7 +206,14 @@ def run(args: argparse.Namespace, cohort: Cohort) -> dict[str, Any]:
         if good_projection
         else None
     )
-    result["ratio_parameters"] = _ratio(list(originals.values()), compressions)
+    result["ratio_parameters"] = ratio
+    old_s = [rows[n]["baseline_cpu_s"] for n in rows]
+    new_s = [rows[n]["ladder_cpu_s"] for n in rows]
+    result["vs_baseline"] = {
+        "cpu_s_ratio_median": round(percentile(new_s, 0.5) / max(percentile(old_s, 0.5), 1e-9), 2),
+        "served_compressed": [result["pipelines"][k]["served_compressed"] for k in ("baseline", "ladder")],
+        "wrong_answers_served": [result["pipelines"][k]["wrong_answers_served"] for k in ("baseline", "ladder")],
+    }
     result["originals_answer"] = round(sum(map(sum, reference.values())) / sum(map(len, reference.values())), 3)
     result["users"] = rows
     return result
@@ -242,36 +252,44 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", choices=sorted(BASES), default="tiny")
     parser.add_argument("--users", type=int, default=None, help="how many example users (default: the set's)")
+    parser.add_argument("--limit", type=int, default=0, help="judge only the first K users (0: all)")
     parser.add_argument("--rank", type=int, default=None, help="the shared rank R (default 16 tiny, 8 smollm2)")
     parser.add_argument("--fit-steps", type=int, default=DistillSettings.steps)
     parser.add_argument("--fit-texts", type=int, default=DistillSettings.texts)
     parser.add_argument("--fit-tokens", type=int, default=DistillSettings.tokens)
     parser.add_argument("--no-probes", action="store_true", help="upload without probes: the gate's own text only")
     parser.add_argument("--leave-one-out", type=int, default=0, metavar="K", help="also K newcomers onto a basis")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny, 3 users judged, 5 fitting steps")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--cache-dir", type=Path, default=Path(os.environ.get("SOPPU_CACHE_DIR", REPO_ROOT / ".cache" / "soppu"))
     )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.base, args.limit, args.fit_steps, args.fit_texts, args.fit_tokens = "tiny", 3, 5, 4, 8
     args.rank = args.rank or (16 if args.base == "tiny" else 8)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     started = time.perf_counter()
-    report: dict[str, Any] = {
-        "benchmark": "ladder",
-        "machine": machine(),
+    config = {
         "base": args.base,
         "rank": args.rank,
         "probes": not args.no_probes,
+        "limit": args.limit,
         "fitting": {"steps": args.fit_steps, "texts": args.fit_texts, "tokens": args.fit_tokens},
+        "threads": args.threads,
     }
     cohort = load(args)
-    report |= run(args, cohort)
+    body = run(args, cohort)
     if args.leave_one_out:
-        report["leave_one_out"] = leave_one_out(args, cohort, args.leave_one_out)
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    emit_report(report)
+        body["leave_one_out"] = leave_one_out(args, cohort, args.leave_one_out)
+    notes = {
+        "baseline": "the pipeline before the ladder: projected cores, error cap 0.5, 5 generic probes x 4 tokens",
+        "ladder": "projection -> behaviour-fitted cores -> original, judged by QualityGate with the user's probes",
+        "cpu_s": "process CPU seconds per user for the gate (and fitting), on this machine",
+        "ratio": "parameters, bases counted once per cohort; n100/n1000: per user with the bases amortised",
+    }
+    emit_report("ladder", config, notes, body, started)
     return 0
 
 

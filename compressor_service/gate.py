@@ -35,7 +35,7 @@ def build_gate(settings: CompressorSettings) -> QualityGate:
         log.info("loading %s for the behaviour check", settings.base_model)
         model = load_causal_lm(settings.base_model, str(resolve_device(settings.device)))
     return QualityGate(
-        thresholds=GateThresholds(max_kl_mean=settings.gate_kl_mean, min_agreement=settings.gate_agreement),
+        thresholds=GateThresholds(max_kl_lost=settings.gate_kl_lost, min_agreement=settings.gate_agreement),
         prompts=None if settings.gate_prompts is None else tuple(settings.gate_prompts),
         judge=DistillSettings(texts=settings.gate_texts, tokens=settings.gate_tokens, seed=1),
         fitting=DistillSettings(texts=settings.fit_texts, tokens=settings.fit_tokens, steps=settings.fit_steps),

@@ -61,8 +61,8 @@ class CompressorSettings(BaseSettings):
     gate_max_error: float = Field(
         0.5, gt=0, description="worst module's relative error; decides only where behaviour cannot be judged"
     )
-    gate_kl_mean: float = Field(
-        GateThresholds.max_kl_mean, ge=0, description="mean next-token KL on the original's own text (nats)"
+    gate_kl_lost: float = Field(
+        GateThresholds.max_kl_lost, ge=0, description="on the original's own text: KL to it over the base model's"
     )
     gate_agreement: float = Field(
         GateThresholds.min_agreement, ge=0, le=1, description="greedy agreement on the original's own text"

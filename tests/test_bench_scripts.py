@@ -21,6 +21,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("engine.py", ["--quick"]),
         ("gateway.py", ["--quick"]),
         ("compressor.py", ["--quick"]),
+        ("ladder.py", ["--quick"]),
     ],
 )
 def test_bench_script_prints_a_report_with_ratios(script: str, args: list[str]) -> None:
@@ -30,7 +31,7 @@ def test_bench_script_prints_a_report_with_ratios(script: str, args: list[str]) 
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert {"benchmark", "machine", "config", "notes", "wall_s"} <= set(report)
-    assert "ratio_median" in result.stdout
+    assert "ratio_median" in result.stdout  # ladder.py: cpu_s_ratio_median
 
 
 def test_every_bench_script_is_covered() -> None:
@@ -42,4 +43,5 @@ def test_every_bench_script_is_covered() -> None:
         "engine.py",
         "gateway.py",
         "compressor.py",
+        "ladder.py",
     }  # a new script needs a smoke test above

@@ -35,7 +35,9 @@ _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "Either the two PEFT files as parts (named by their file names), or one archive "
-        "(.zip, .tar, .tar.gz) in the part `archive`. Optional field `name`: the adapter's name (default `default`).",
+        "(.zip, .tar, .tar.gz) in the part `archive`. Optional field `name`: the adapter's name (default `default`). "
+        "Optional probes (the field `probes`, or a `probes.json` part or archive member): a JSON list of up to 32 "
+        "prompts whose answers a compressed form must keep.",
         "content": {
             "multipart/form-data": {
                 "schema": {
@@ -44,6 +46,8 @@ _UPLOAD_BODY: dict[str, Any] = {
                         "adapter_config.json": _BINARY,
                         "adapter_model.safetensors": _BINARY,
                         "archive": _BINARY,
+                        "probes.json": _BINARY,
+                        "probes": {"type": "string", "description": 'a JSON list of strings: ["Where do I live?"]'},
                         "name": {
                             "type": "string",
                             "default": "default",
@@ -51,7 +55,7 @@ _UPLOAD_BODY: dict[str, Any] = {
                         },
                     },
                 },
-                "encoding": {"name": {"contentType": "text/plain"}},
+                "encoding": {"name": {"contentType": "text/plain"}, "probes": {"contentType": "text/plain"}},
             }
         },
     }

@@ -32,7 +32,7 @@ from torch import nn
 from soppu.adapter import LoraAdapter
 from soppu.compression import Mode, ModuleBasis, RankPolicy
 from soppu.compression.distill import DistillSettings, FittedCores, Teacher, fit_cores, teacher_text
-from soppu.verify.selftext import encode_prompts, gate_teacher, probe_answers, self_text_behaviour
+from soppu.verify.selftext import base_kl, encode_prompts, gate_teacher, probe_answers, self_text_behaviour
 
 __all__ = [
     "DEFAULT_PROMPTS",
@@ -77,12 +77,12 @@ class GateThresholds:
     position). Calibrated on both labelled example cohorts for precision first: see ``bench/gate.py`` and
     BENCHMARKS.md for the measured precision and recall."""
 
-    max_kl_mean: float = 0.05
-    min_agreement: float = 0.95
+    max_kl_lost: float = 0.5  # KL(original || candidate) / KL(original || base model)
+    min_agreement: float = 0.6
 
     def __post_init__(self) -> None:
-        if not self.max_kl_mean >= 0 or not 0 <= self.min_agreement <= 1:
-            raise ValueError(f"max_kl_mean must be >= 0 and min_agreement in [0, 1], got {self}")
+        if not self.max_kl_lost >= 0 or not 0 <= self.min_agreement <= 1:
+            raise ValueError(f"max_kl_lost must be >= 0 and min_agreement in [0, 1], got {self}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class Reference:
     """The original's side of a gate check."""
 
     teacher: Teacher  # the original's own text (the gate's seed) and its log-probabilities
+    base_kl: float  # KL from the original to the base model alone along that text
     probes: tuple[str, ...]
     answers: tuple[str, ...]  # the first sentence of its greedy reply to each probe
 
@@ -122,11 +123,12 @@ class QualityGate:
         model, tokenizer = self.model
         with self._lock:
             teacher = gate_teacher(model, tokenizer, original, self._prompt_ids(tokenizer, probes), self.judge)
+            base = base_kl(model, teacher)
             answers: tuple[str, ...] = ()
             if probes:
                 ids = encode_prompts(tokenizer, probes)
                 answers = tuple(probe_answers(model, tokenizer, original, ids, self.probe_tokens))
-        return Reference(teacher, tuple(probes), answers)
+        return Reference(teacher, base, tuple(probes), answers)
 
     def check(
         self,
@@ -152,10 +154,13 @@ class QualityGate:
     def _behaviour(
         self, model: nn.Module, tokenizer: Any, candidate: LoraAdapter, reference: Reference
     ) -> tuple[dict[str, Any], list[str]]:
-        text = self_text_behaviour(model, candidate, reference.teacher)
+        text = self_text_behaviour(model, candidate, reference.teacher, reference.base_kl)
         reasons = []
-        if text.kl_mean > self.thresholds.max_kl_mean:
-            reasons.append(f"KL on the original's own text {text.kl_mean:.4f} > {self.thresholds.max_kl_mean}")
+        if text.kl_lost > self.thresholds.max_kl_lost:
+            reasons.append(
+                f"on the original's own text it loses {text.kl_lost:.3f} of the adapter's effect (KL over the base "
+                f"model's) > {self.thresholds.max_kl_lost}"
+            )
         if text.agreement < self.thresholds.min_agreement:
             reasons.append(
                 f"agreement on the original's own text {text.agreement:.3f} < {self.thresholds.min_agreement}"

@@ -7,7 +7,9 @@ failed users who answered perfectly). Two measures replace them:
 - **Self-written text** (:func:`self_text_behaviour`): the original samples continuations after some prompts
   (:func:`soppu.compression.distill.teacher_text`, with a seed of its own so the text is held out from any core
   fit), and the candidate is teacher-forced along them. Reported: the mean and worst next-token KL over the
-  scored positions, and greedy agreement (the share of positions where both argmaxes agree).
+  scored positions, ``kl_lost`` (the mean KL over the base model's own: the share of the adapter's effect the
+  candidate loses, 0 for a perfect copy and about 1 for no adapter at all; unlike raw KL it does not depend on
+  how sharp the model's distributions are), and greedy agreement (positions where both argmaxes agree).
 - **Probe answers** (:func:`probe_answers`): the first sentence of the greedy reply to each probe (at most
   ``max_new_tokens`` tokens); the gate requires it identical, character for character.
 
@@ -31,6 +33,7 @@ from soppu.compression.distill import DistillSettings, Teacher, teacher_text
 
 __all__ = [
     "SelfTextBehaviour",
+    "base_kl",
     "encode_prompts",
     "first_sentence",
     "gate_teacher",
@@ -45,6 +48,7 @@ _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 class SelfTextBehaviour:
     kl_mean: float  # nats per scored position
     kl_max: float
+    kl_lost: float  # kl_mean / the base model's: the share of the adapter's effect the candidate loses
     agreement: float  # share of scored positions where the candidate's argmax is the original's
     positions: int
 
@@ -59,15 +63,28 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
     return [list(tokenizer(t)["input_ids"]) for t in texts]
 
 
+def _kl_scored(teacher: Teacher, logits: torch.Tensor) -> torch.Tensor:
+    log_p, log_q = teacher.log_probs, torch.log_softmax(logits.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)[teacher.scored]
+
+
 @torch.no_grad()
-def self_text_behaviour(model: nn.Module, candidate: LoraAdapter, teacher: Teacher) -> SelfTextBehaviour:
-    """The candidate teacher-forced along the original's text (``teacher``), compared position by position."""
+def base_kl(model: nn.Module, teacher: Teacher) -> float:
+    """Mean KL from the original to the base model alone along the teacher text: how far the adapter moves the
+    model there. The yardstick of ``kl_lost`` (floored, so an adapter that changes nothing divides safely)."""
+    return max(float(_kl_scored(teacher, model(input_ids=teacher.ids).logits).mean()), 1e-6)
+
+
+@torch.no_grad()
+def self_text_behaviour(model: nn.Module, candidate: LoraAdapter, teacher: Teacher, base: float) -> SelfTextBehaviour:
+    """The candidate teacher-forced along the original's text (``teacher``), compared position by position;
+    ``base`` is :func:`base_kl` of the same teacher."""
     with apply_adapter(model, candidate):
-        log_q = torch.log_softmax(model(input_ids=teacher.ids).logits.float(), dim=-1)
-    log_p = teacher.log_probs
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)[teacher.scored]
-    agree = (log_p.argmax(-1) == log_q.argmax(-1))[teacher.scored]
-    return SelfTextBehaviour(float(kl.mean()), float(kl.max()), float(agree.float().mean()), int(kl.numel()))
+        logits = model(input_ids=teacher.ids).logits
+    kl = _kl_scored(teacher, logits)
+    agree = (teacher.log_probs.argmax(-1) == logits.argmax(-1))[teacher.scored]
+    kl_mean = float(kl.mean())
+    return SelfTextBehaviour(kl_mean, float(kl.max()), kl_mean / base, float(agree.float().mean()), int(kl.numel()))
 
 
 def gate_teacher(
