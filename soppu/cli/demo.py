@@ -46,6 +46,7 @@ __all__ = ["add_parser"]
 # lost at most 0.122 of their adapter's effect on their own text, the one who lost a held-out answer 0.135. A
 # behaviour fit costs about two minutes a user on two CPU cores at this size (8 texts x 16 tokens, 30 steps).
 _SMOLLM2_GATE = {
+    "SOPPU_COMPRESSOR_TORCH_THREADS": "2",  # the stack runs one thread a process; the refit has the box to itself
     "SOPPU_COMPRESSOR_GATE_KL_LOST": "0.13",
     "SOPPU_COMPRESSOR_FIT_TEXTS": "8",
     "SOPPU_COMPRESSOR_FIT_TOKENS": "16",
@@ -131,7 +132,8 @@ def _demo(args: argparse.Namespace) -> int:
         for cohort in cohorts:
             members = sum(job["report"]["cohort"] == cohort for job in done.values())
             print(f"refitting cohort {cohort} over its {members} users ...", flush=True)
-            request("POST", f"{stack.compressor}/v1/cohorts/{cohort}/refit", key=admin, timeout=600)
+            # Every member climbs the ladder: a behaviour fit takes minutes on a CPU.
+            request("POST", f"{stack.compressor}/v1/cohorts/{cohort}/refit", key=admin, timeout=1800)
         reports = {u["user_id"]: _current_report(stack, u["user_id"], admin) for u in users}
         asker = _ChatAsker(stack, examples / manifest["base_model"]) if chat else _CompletionAsker(stack)
         asked = asker.ask_all(users, keys)
@@ -166,7 +168,8 @@ def _print_results(users: list[dict[str, Any]], asked: dict[str, _Asked], report
             f"{report.get('ratio', 1.0):.2f}x",
             "ok" if a.ok else "WRONG",
         ])  # fmt: skip
-    header = ["user", "expected", "SOPPU right", "held-out", "chat", "/generate", "base alone", "served by", "ratio", ""]
+    header = ["user", "expected", "SOPPU right", "held-out", "chat", "/generate", "base alone", "served by", "ratio"]
+    header.append("")
     print_table(header, rows)
     first, shown = users[0], asked[users[0]["user_id"]]
     print(f"\n{first['user_id']}'s questions, answered by SOPPU through the gateway and by the base model alone:")

@@ -7,7 +7,8 @@ failed the quality gate (:class:`soppu.registry.policy.QualityGate`):
 
 A newcomer (a member whose update did not help fit the basis) climbs only onto a basis fitted on at least
 ``policy.min_basis_members`` members: a basis fitted on one or two users spans little of anyone else's update,
-no core on it can make up for that, and judging it would only cost time (the refit is the way there).
+no core on it can make up for that, and running the model to judge it would only cost time (the refit is the
+way there). Where no model runs, the error cap judges such a newcomer as it judges anyone.
 
 A fit whose loss turned non-finite is refused outright. Every step tried leaves an entry with its gate result,
 and a skipped step says why. No I/O: the pipeline publishes what this chooses.
@@ -41,7 +42,8 @@ def climb(
     """The candidate that passed (or the last one tried), its export, and one entry per step (``step``, its
     ``gate`` result, and the step's own figures; a skipped step says why). The last entry's gate decides."""
     exported = to_lora(compression, compressed)
-    if member not in contributors and len(contributors) < policy.min_basis_members:
+    young = member not in contributors and len(contributors) < policy.min_basis_members
+    if young and gate.judges_behaviour(original):  # without a model the cheap error cap judges it anyway
         reason = (
             f"the basis was fitted on {len(contributors)} member(s) < {policy.min_basis_members}: wait for the refit"
         )

@@ -216,6 +216,9 @@ class Pipeline:
             self._put_once(key, export_files[name])
         report["served_from"] = served.value
         report["served_by"] = ladder[-1]["step"] if gate["passed"] else "original"
+        log.info(
+            "%s: served by %s (%s)", version.job_id, report["served_by"], "; ".join(gate["reasons"]) or "gate passed"
+        )
         manifest = Manifest(
             user_id=version.user_id,
             adapter=version.adapter,

@@ -105,7 +105,8 @@ def test_upload_runs_to_a_published_version_with_its_artifacts_in_the_bucket(
     assert job["state"] == "done" and job["error"] is None and job["attempts"] == 1
     report = job["report"]
     assert report["served_from"] == "compressed" and report["gate"]["passed"]
-    assert report["gate"]["behaviour"]["passed"]  # the base model ran the behaviour check
+    assert report["gate"]["behaviour"]["self_text"]["positions"] > 0  # the base model ran the behaviour check
+    assert report["served_by"] == "projection"
     assert report["ratio"] > 0 and set(report["errors"]) and max(report["errors"].values()) < 1e-3
     assert report["plot_url"] == "/v1/users/user-000/adapters/default/versions/1/report.png"
 
@@ -181,8 +182,11 @@ def test_probes_travel_with_the_upload_and_the_gate_checks_them(
     stored = compressor.store.get("originals/hugo/default/v00000001/probes.json").data
     assert json.loads(stored) == questions
     assert compressor.store.get("originals/iris/default/v00000001/probes.json").data == stored
-    report = job["report"]
-    assert job["state"] == "done" and report["probes"] == len(questions)
+    assert job["state"] == "done" and job["report"]["probes"] == len(questions)
+    # Whichever version is current (the upload's, or a refit's that reads the probes back), it was judged on them.
+    wait_until_idle(compressor)
+    report = _current(compressor, "hugo").report
+    assert report["probes"] == len(questions)
     assert report["gate"]["behaviour"]["probes"]["count"] == len(questions)
     assert report["served_by"] in ("projection", "fitted", "original")
     assert report["ladder"][0]["step"] == "projection"
@@ -247,10 +251,15 @@ def test_deleting_a_user_leaves_no_object_of_theirs(
 ) -> None:
     gone = "gone-7f3a"
     with compressor.client() as client:
+        cohorts = set()
         for user, name in ((users[1], "default"), (users[3], "other")):
             response = upload(client, gone, file_parts(adapter_files(user["dir"])), name=name)
             assert response.status_code == 202, response.text
+            cohorts.add(wait_for_job(client, response.json()["job_id"])["report"]["cohort"])
         wait_until_idle(compressor)
+        # Their data helps fit the basis (a member the gate passes on the old basis would not have refitted it).
+        for cohort in cohorts:
+            assert client.post(f"/v1/cohorts/{cohort}/refit", timeout=120).status_code == 200
         key = client.post(f"/v1/users/{gone}/keys").json()
         assert any(gone in k for k in compressor.keys("originals/"))
         deleted = client.delete(f"/v1/users/{gone}")
