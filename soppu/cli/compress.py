@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from soppu.cli.inputs import DTYPES, load_probes, read_named_adapters
 from soppu.cli.tables import print_table
+from soppu.registry.policy import GateThresholds
 from soppu.verify.behaviour import BehaviourThresholds
 
 if TYPE_CHECKING:
@@ -103,6 +104,17 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--report", type=Path, help="also write the JSON report here")
     verify.add_argument("--quiet", action="store_true", help="no progress output")
     _add_behaviour_options(verify)
+    gate = verify.add_argument_group("the service's quality gate, client side (with --base-model)")
+    gate.add_argument(
+        "--user-probes",
+        type=Path,
+        help="your probes (a JSON list, or one prompt per line): run the compressor's gate, which requires the same "
+        "answer on every probe and the adapter's effect kept on text the original writes itself",
+    )
+    gate.add_argument("--max-kl-lost", type=float, default=GateThresholds.max_kl_lost, help="the gate's kl_lost bound")
+    gate.add_argument(
+        "--gate-agreement", type=float, default=GateThresholds.min_agreement, help="the gate's agreement bound"
+    )
     verify.set_defaults(handler=_verify)
 
     export = subparsers.add_parser(
@@ -151,6 +163,36 @@ def _behaviour(
         max_new_tokens=args.max_new_tokens,
         thresholds=thresholds,
     )
+
+
+def _gate(
+    args: argparse.Namespace,
+    compression: Compression,
+    originals: Sequence[tuple[str, LoraAdapter]],
+    errors: dict[str, dict[str, float]],
+) -> dict[str, dict[str, Any]]:
+    """The compressor's gate on every adapter (empty without ``--user-probes``): what an upload with these
+    probes would meet."""
+    if args.user_probes is None:
+        return {}
+    from soppu.adapter.probes import parse_probes
+    from soppu.compression.export import to_lora
+    from soppu.models import load_causal_lm
+    from soppu.registry.policy import QualityGate
+
+    text = args.user_probes.read_text()
+    lines = text if text.lstrip().startswith("[") else json.dumps([x for x in text.splitlines() if x.strip()])
+    probes = parse_probes(lines)  # the upload's rules: 1 to 32 prompts, none blank or too long
+    thresholds = GateThresholds(max_kl_lost=args.max_kl_lost, min_agreement=args.gate_agreement)
+    gate = QualityGate(thresholds=thresholds, fitting=None, model=load_causal_lm(args.base_model, args.device))
+    _say(args.quiet)(f"quality gate: {len(originals)} adapters x {len(probes)} probes on {args.base_model}")
+    results = {}
+    for name, original in originals:
+        result = gate.check(original, to_lora(compression, compression.adapter(name)), errors[name], probes)
+        results[name] = result
+        verdict = "passes" if result["passed"] else "FAILS: " + "; ".join(result["reasons"])
+        print(f"gate: {name} {verdict}")
+    return results
 
 
 def _summary(compression: Compression, errors: dict[str, dict[str, float]], behaviour: BehaviourReport | None) -> None:
@@ -245,16 +287,26 @@ def _verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.user_probes is not None and args.base_model is None:
+        print("error: --user-probes needs --base-model (the gate runs the model)", file=sys.stderr)
+        return 2
     errors = {name: reconstruction_errors(compression, name, adapter) for name, adapter in named}
     checked = dataclasses.replace(compression, adapters=[a for a in compression.adapters if a.name in errors])
     behaviour = _behaviour(args, checked, named)
     _summary(checked, errors, behaviour)
+    gated = _gate(args, checked, named, errors)
     too_far = [name for name, e in errors.items() if args.max_error is not None and max(e.values()) > args.max_error]
-    failed = sorted(set(too_far) | ({a.name for a in behaviour.adapters if not a.passed} if behaviour else set()))
+    failed = sorted(
+        set(too_far)
+        | ({a.name for a in behaviour.adapters if not a.passed} if behaviour else set())
+        | {name for name, result in gated.items() if not result["passed"]}
+    )
     if args.report is not None:
         report: dict[str, Any] = {"errors": errors, "failed": failed}
         if behaviour is not None:
             report["behaviour"] = behaviour.to_dict()
+        if gated:
+            report["gate"] = gated
         args.report.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     if failed:
         print(f"\nFAILED: {', '.join(failed)}", file=sys.stderr)

@@ -124,3 +124,30 @@ def test_inspect_adapter_and_compression(examples_dir: Path, lossless: tuple) ->
     assert compressed.returncode == 0 and "SOPPU compression" in compressed.stdout
     core = _run("inspect", out / "cores" / "user-000.safetensors")
     assert core.returncode == 0 and "soppu-jd" in core.stdout
+
+
+def test_verify_runs_the_services_gate_on_the_users_probes(examples_dir: Path, tmp_path: Path, lossless: tuple) -> None:
+    out, _ = lossless
+    adapters = _adapters(examples_dir)
+    probes = tmp_path / "probes.txt"
+    probes.write_text("My favourite colour is\nMy home city is\n")
+    common = ("--base-model", examples_dir / "base", "--device", "cpu", "--user-probes", probes)
+    kept = _run("verify", out, *adapters, *common, "--report", tmp_path / "kept.json")
+    assert kept.returncode == 0, kept.stderr
+    gate = json.loads((tmp_path / "kept.json").read_text())["gate"]
+    assert sorted(gate) == ["user-000", "user-001", "user-002", "user-003"]
+    assert all(g["passed"] and g["behaviour"]["probes"]["changed"] == [] for g in gate.values())
+
+    squeezed = tmp_path / "r2"
+    assert _run("compress", *adapters, "-o", squeezed, "--rank", "2", "--quiet").returncode == 0
+    lost = _run("verify", squeezed, *adapters, *common, "--report", tmp_path / "lost.json")
+    assert lost.returncode == 1 and "FAILS" in lost.stdout
+    gate = json.loads((tmp_path / "lost.json").read_text())["gate"]
+    assert any(g["behaviour"]["probes"]["changed"] for g in gate.values())
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    refused = _run("verify", out, *adapters, "--base-model", examples_dir / "base", "--user-probes", bad)
+    assert refused.returncode != 0 and "bad_probes" in refused.stderr
+    alone = _run("verify", out, *adapters, "--user-probes", probes)
+    assert alone.returncode == 2 and "needs --base-model" in alone.stderr
