@@ -43,6 +43,7 @@ from adapter_factory import (
 
 from soppu.adapter import CONFIG_NAME, DEFAULT_LIMITS, WEIGHTS_NAME, Limits, read_adapter, tensor_key
 from soppu.errors import AdapterError, AdapterErrorCode, SoppuError
+from soppu.peft_files import PROBES_NAME
 
 Source = Path | bytes | dict[str, bytes]
 Built = tuple[Source, Limits]
@@ -606,6 +607,9 @@ case(
     lambda t: _with(_patch_zip(zip_bomb(WEIGHTS_NAME, include=(CONFIG_NAME,)), WEIGHTS_NAME, file_size=1000)),
     "zip-member-lying-about-its-size",
 )
+
+# The uploader's probes: too big to read is refused before parsing (the rest of their rules: bad_probes tests).
+case(C.BAD_PROBES, lambda t: _with({**_files(), PROBES_NAME: b"[" + b'"x",' * 20_000 + b'"x"]'}), "probes-over-64-KiB")
 
 
 # --- tests ---------------------------------------------------------------------------------------------
