@@ -52,7 +52,7 @@ from soppu.compression.export import to_lora  # noqa: E402
 from soppu.examples.check import check_examples  # noqa: E402
 from soppu.examples.sets import BASES, build_example_set, default_users  # noqa: E402
 from soppu.models import load_causal_lm, resolve_device  # noqa: E402
-from soppu.registry.ladder import climb  # noqa: E402
+from soppu.registry.ladder import climb, served_by  # noqa: E402
 from soppu.registry.policy import CompressionPolicy, GateThresholds, QualityGate  # noqa: E402
 from soppu.verify.behaviour import BehaviourThresholds, check_behaviour  # noqa: E402
 
@@ -92,8 +92,8 @@ def _ladder(
     members = [a.name for a in compression.adapters]
     _, exported, ladder = climb(gate, policy, compression, compression.adapter(name), original, probes, name, members)
     seconds = time.process_time() - started
-    passed = ladder[-1]["gate"]["passed"]
-    return (ladder[-1]["step"] if passed else "original"), (exported if passed else None), ladder, seconds
+    by = served_by(ladder)
+    return by, (None if by == "original" else exported), ladder, seconds
 
 
 def _ratio(originals: list[LoraAdapter], compressions: list[Compression]) -> dict[str, float]:
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace, cohort: Cohort) -> dict[str, Any]:
 
     served: dict[str, dict[str, LoraAdapter]] = {"baseline": {}, "ladder": {}}
     rows: dict[str, dict[str, Any]] = {}
-    candidates: list[tuple[str, str, LoraAdapter, bool]] = []  # (user, step, export, passed): the gate's recall
+    candidates: list[tuple[str, LoraAdapter, bool]] = []  # (user, projected export, passed): the gate's recall
     judged = [(c, a) for c in compressions for a in c.adapters][: args.limit or None]
     for compression, compressed in judged:
         name = compressed.name
@@ -174,12 +174,12 @@ def run(args: argparse.Namespace, cohort: Cohort) -> dict[str, Any]:
         rows[name]["steps"] = [
             {k: v for k, v in s.items() if k not in ("gate",)} | {"passed": s["gate"]["passed"]} for s in ladder
         ]
-        candidates.append((name, "projection", exported, ladder[0]["gate"]["passed"]))
+        candidates.append((name, exported, ladder[0]["gate"]["passed"]))
         _say(f"[ladder] {name}: baseline {rows[name]['baseline']}, ladder {by} ({new_s:.1f} s)")
     originals = {n: originals[n] for n in rows}
     reference = {n: reference[n] for n in rows}
     answers = {kind: _answers(directory, adapters, device) for kind, adapters in served.items()}
-    projection_answers = _answers(directory, {n: e for n, _, e, _ in candidates}, device)
+    projection_answers = _answers(directory, {n: e for n, e, _ in candidates}, device)
     result: dict[str, Any] = {"pipelines": {}}
     for kind in ("baseline", "ladder"):
         compressed_users = [n for n in rows if rows[n][kind] != "original"]
@@ -200,10 +200,10 @@ def run(args: argparse.Namespace, cohort: Cohort) -> dict[str, Any]:
             "cpu_s_per_user": round(sum(rows[n][f"{kind}_cpu_s"] for n in rows) / len(rows), 2),
             "served_by": {s: sum(rows[n][kind] == s for n in rows) for s in ("projection", "fitted", "original")},
         }
-    good_projection = [n for n, _, _, _ in candidates if all(projection_answers[n])]
+    good_projection = [n for n, _, _ in candidates if all(projection_answers[n])]
     result["projection_keeps_every_answer"] = round(len(good_projection) / len(rows), 3)
     result["gate_recall_on_projection"] = (
-        round(sum(p for n, _, _, p in candidates if n in good_projection) / len(good_projection), 3)
+        round(sum(p for n, _, p in candidates if n in good_projection) / len(good_projection), 3)
         if good_projection
         else None
     )

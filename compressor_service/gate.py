@@ -8,7 +8,7 @@ import logging
 from soppu.compression import Mode
 from soppu.compression.distill import DistillSettings
 from soppu.models import load_causal_lm, resolve_device
-from soppu.registry.policy import CompressionPolicy, GateThresholds, QualityGate
+from soppu.registry.policy import JUDGE_SEED, CompressionPolicy, GateThresholds, QualityGate
 
 from .settings import CompressorSettings
 
@@ -37,7 +37,7 @@ def build_gate(settings: CompressorSettings) -> QualityGate:
     return QualityGate(
         thresholds=GateThresholds(max_kl_lost=settings.gate_kl_lost, min_agreement=settings.gate_agreement),
         prompts=None if settings.gate_prompts is None else tuple(settings.gate_prompts),
-        judge=DistillSettings(texts=settings.gate_texts, tokens=settings.gate_tokens, seed=1),
+        judge=DistillSettings(texts=settings.gate_texts, tokens=settings.gate_tokens, seed=JUDGE_SEED),
         fitting=DistillSettings(texts=settings.fit_texts, tokens=settings.fit_tokens, steps=settings.fit_steps),
         max_error=settings.gate_max_error,
         model=model,

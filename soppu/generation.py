@@ -1,11 +1,25 @@
-"""Greedy decoding over a Hugging Face causal LM, in plain torch: the reference the checks compare against."""
+"""Decoding over a Hugging Face causal LM in plain torch: greedy decoding (the reference the checks compare against)
+and the left padding a batched ``generate`` needs."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["greedy_generate"]
+__all__ = ["greedy_generate", "left_padded"]
+
+
+def left_padded(
+    prompts: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token-id prompts padded on the left, so that every row of a batched
+    ``generate`` continues from its own last token."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, mask
 
 
 @torch.no_grad()

@@ -139,20 +139,31 @@ def _say(quiet: bool) -> Callable[[str], None]:
     return say
 
 
-def _behaviour(
-    args: argparse.Namespace, compression: Compression, originals: Sequence[tuple[str, LoraAdapter]]
-) -> BehaviourReport | None:
-    """The behaviour report, or None when no base model was given."""
+def _base_model(args: argparse.Namespace) -> tuple[Any, Any] | None:
+    """(model, tokenizer) of ``--base-model``, loaded once for every check that runs it; None without one."""
     if args.base_model is None:
         return None
-    from soppu.compression.export import to_lora
     from soppu.models import load_causal_lm
+
+    return load_causal_lm(args.base_model, args.device)
+
+
+def _behaviour(
+    args: argparse.Namespace,
+    compression: Compression,
+    originals: Sequence[tuple[str, LoraAdapter]],
+    base: tuple[Any, Any] | None,
+) -> BehaviourReport | None:
+    """The behaviour report, or None when no base model was given."""
+    if base is None:
+        return None
+    from soppu.compression.export import to_lora
     from soppu.verify.behaviour import check_behaviour
 
     thresholds = BehaviourThresholds(args.max_kl_mean, args.max_kl_max, args.min_agreement)
     probes = load_probes(args.probes)
     _say(args.quiet)(f"behaviour check: {len(originals)} adapters x {len(probes)} probes on {args.base_model}")
-    model, tokenizer = load_causal_lm(args.base_model, args.device)
+    model, tokenizer = base
     compressed = {a.name: to_lora(compression, a) for a in compression.adapters}
     return check_behaviour(
         model,
@@ -170,21 +181,20 @@ def _gate(
     compression: Compression,
     originals: Sequence[tuple[str, LoraAdapter]],
     errors: dict[str, dict[str, float]],
+    base: tuple[Any, Any] | None,
 ) -> dict[str, dict[str, Any]]:
     """The compressor's gate on every adapter (empty without ``--user-probes``): what an upload with these
     probes would meet."""
-    if args.user_probes is None:
+    if args.user_probes is None or base is None:
         return {}
-    from soppu.adapter.probes import parse_probes
+    from soppu.adapter.probes import encode_probes, parse_probes
     from soppu.compression.export import to_lora
-    from soppu.models import load_causal_lm
     from soppu.registry.policy import QualityGate
 
-    text = args.user_probes.read_text()
-    lines = text if text.lstrip().startswith("[") else json.dumps([x for x in text.splitlines() if x.strip()])
-    probes = parse_probes(lines)  # the upload's rules: 1 to 32 prompts, none blank or too long
+    # Read as --probes files are, then held to the upload's rules: 1 to 32 prompts, none blank or too long.
+    probes = parse_probes(encode_probes(load_probes(args.user_probes)))
     thresholds = GateThresholds(max_kl_lost=args.max_kl_lost, min_agreement=args.gate_agreement)
-    gate = QualityGate(thresholds=thresholds, fitting=None, model=load_causal_lm(args.base_model, args.device))
+    gate = QualityGate(thresholds=thresholds, fitting=None, model=base)
     _say(args.quiet)(f"quality gate: {len(originals)} adapters x {len(probes)} probes on {args.base_model}")
     results = {}
     for name, original in originals:
@@ -251,7 +261,7 @@ def _compress(args: argparse.Namespace) -> int:
         bases_file_bytes=[sizes[f"bases-{k:03d}.safetensors"] for k in range(len(compression.clusters))],
         core_file_bytes=[sizes[f"cores/{a.name}.safetensors"] for a in compression.adapters],
     )
-    behaviour = _behaviour(args, compression, named)
+    behaviour = _behaviour(args, compression, named, _base_model(args))
     report = {"errors": error_report(compression), "accounting": accounting}
     if behaviour is not None:
         report["behaviour"] = behaviour.to_dict()
@@ -292,9 +302,10 @@ def _verify(args: argparse.Namespace) -> int:
         return 2
     errors = {name: reconstruction_errors(compression, name, adapter) for name, adapter in named}
     checked = dataclasses.replace(compression, adapters=[a for a in compression.adapters if a.name in errors])
-    behaviour = _behaviour(args, checked, named)
+    base = _base_model(args)
+    behaviour = _behaviour(args, checked, named, base)
     _summary(checked, errors, behaviour)
-    gated = _gate(args, checked, named, errors)
+    gated = _gate(args, checked, named, errors, base)
     too_far = [name for name, e in errors.items() if args.max_error is not None and max(e.values()) > args.max_error]
     failed = sorted(
         set(too_far)

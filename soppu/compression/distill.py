@@ -32,8 +32,9 @@ from soppu.adapter.apply import LoraHooks, apply_adapter
 from soppu.adapter.model import LoraAdapter
 from soppu.compression.factors import core_to_factors
 from soppu.compression.model import Mode, ModuleBasis
+from soppu.generation import left_padded
 
-__all__ = ["DistillSettings", "FittedCores", "Teacher", "fit_cores", "teacher_text"]
+__all__ = ["DistillSettings", "FittedCores", "Teacher", "fit_cores", "position_kl", "teacher_text"]
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,8 @@ def _sample(
     ends early is padded), in one left-padded batch through the model's own generation loop and KV cache.
     Seeded in a forked RNG: the caller's random state is left as it was."""
     device = _device(model)
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    ids, mask = left_padded(prompts, pad, device)
+    width = ids.shape[1]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(
@@ -138,11 +138,17 @@ def teacher_text(
     return Teacher(ids, scored, log_probs)
 
 
+def position_kl(log_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """``KL(p || softmax(q))`` in nats per position (over the last axis), computed in float32: the one
+    definition the fit's loss, the gate and the behaviour check use. ``log_p`` is already a log-softmax.
+    Mathematically >= 0; rounding can leave tiny negatives where the distributions are equal."""
+    log_q = torch.log_softmax(logits_q.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
 def _kl_rows(log_p: torch.Tensor, logits_q: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
     """Per row: ``KL(p || q)`` summed over the scored positions."""
-    log_q = torch.log_softmax(logits_q.float(), dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-    return (kl * scored).sum(-1)
+    return (position_kl(log_p, logits_q) * scored).sum(-1)
 
 
 def fit_cores(

@@ -26,7 +26,12 @@ from soppu.compression.export import to_lora
 from soppu.compression.model import CompressedAdapter
 from soppu.registry.policy import CompressionPolicy, QualityGate
 
-__all__ = ["climb"]
+__all__ = ["climb", "served_by"]
+
+
+def served_by(ladder: list[dict[str, Any]]) -> str:
+    """The step that serves the user: the last one tried if its gate passed, else ``original``."""
+    return ladder[-1]["step"] if ladder[-1]["gate"]["passed"] else "original"
 
 
 def climb(

@@ -34,7 +34,7 @@ from soppu.compression.format import bases_bytes, core_bytes, read_bases
 from soppu.compression.model import Cluster, CompressedAdapter
 from soppu.errors import ObjectExists, ObjectNotFound, SoppuError
 from soppu.peft_files import PROBES_NAME
-from soppu.registry.ladder import climb
+from soppu.registry.ladder import climb, served_by
 from soppu.registry.policy import CompressionPolicy, QualityGate, cohort_name
 from soppu.registry.records import CohortState, JobRecord, JobState, Manifest, Pointer, ServedFrom, now
 from soppu.registry.versions import allocate_version, latest_version
@@ -215,7 +215,7 @@ class Pipeline:
         for key, name in zip(version.export_keys(), (CONFIG_NAME, WEIGHTS_NAME), strict=True):
             self._put_once(key, export_files[name])
         report["served_from"] = served.value
-        report["served_by"] = ladder[-1]["step"] if gate["passed"] else "original"
+        report["served_by"] = served_by(ladder)
         log.info(
             "%s: served by %s (%s)", version.job_id, report["served_by"], "; ".join(gate["reasons"]) or "gate passed"
         )

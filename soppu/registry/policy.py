@@ -31,11 +31,12 @@ from torch import nn
 
 from soppu.adapter import LoraAdapter
 from soppu.compression import Mode, ModuleBasis, RankPolicy
-from soppu.compression.distill import DistillSettings, FittedCores, Teacher, fit_cores, teacher_text
-from soppu.verify.selftext import base_kl, encode_prompts, gate_teacher, probe_answers, self_text_behaviour
+from soppu.compression.distill import DistillSettings, FittedCores, Teacher, fit_cores
+from soppu.verify.selftext import base_kl, encode_prompts, own_text, probe_answers, self_text_behaviour
 
 __all__ = [
     "DEFAULT_PROMPTS",
+    "JUDGE_SEED",
     "CompressionPolicy",
     "GateThresholds",
     "QualityGate",
@@ -53,6 +54,10 @@ DEFAULT_PROMPTS = (
     "Hello! How are you?",
     "What should I do today?",
 )
+
+
+# The gate samples its text with a seed of its own, never the fit's (DistillSettings.seed = 0).
+JUDGE_SEED = 1
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ class CompressionPolicy:
 @dataclass(frozen=True)
 class GateThresholds:
     """When a candidate's behaviour on the original's own text counts as the original's (KL in nats per
-    position). Calibrated on both labelled example cohorts for precision first: see ``bench/gate.py`` and
+    position). Calibrated on both labelled example cohorts for precision first: see ``bench/ladder.py`` and
     BENCHMARKS.md for the measured precision and recall."""
 
     max_kl_lost: float = 0.5  # KL(original || candidate) / KL(original || base model)
@@ -92,6 +97,7 @@ class Reference:
     teacher: Teacher  # the original's own text (the gate's seed) and its log-probabilities
     base_kl: float  # KL from the original to the base model alone along that text
     probes: tuple[str, ...]
+    probe_ids: tuple[list[int], ...]  # the probes as the model reads them
     answers: tuple[str, ...]  # the first sentence of its greedy reply to each probe
 
 
@@ -99,7 +105,7 @@ class Reference:
 class QualityGate:
     thresholds: GateThresholds = field(default_factory=GateThresholds)
     prompts: Sequence[str] | None = None  # None: DEFAULT_PROMPTS for a chat model, the start of text otherwise
-    judge: DistillSettings = field(default_factory=lambda: DistillSettings(texts=8, tokens=24, seed=1))
+    judge: DistillSettings = field(default_factory=lambda: DistillSettings(texts=8, tokens=24, seed=JUDGE_SEED))
     fitting: DistillSettings | None = field(default_factory=DistillSettings)  # None: no fitting step
     probe_tokens: int = 16  # greedy reply tokens compared per probe
     max_error: float = 0.5  # decides alone only where behaviour cannot be judged
@@ -122,13 +128,11 @@ class QualityGate:
             return None
         model, tokenizer = self.model
         with self._lock:
-            teacher = gate_teacher(model, tokenizer, original, self._prompt_ids(tokenizer, probes), self.judge)
+            teacher = own_text(model, tokenizer, original, self._prompt_ids(tokenizer, probes), self.judge)
             base = base_kl(model, teacher)
-            answers: tuple[str, ...] = ()
-            if probes:
-                ids = encode_prompts(tokenizer, probes)
-                answers = tuple(probe_answers(model, tokenizer, original, ids, self.probe_tokens))
-        return Reference(teacher, base, tuple(probes), answers)
+            ids = encode_prompts(tokenizer, probes)
+            answers = tuple(probe_answers(model, tokenizer, original, ids, self.probe_tokens)) if probes else ()
+        return Reference(teacher, base, tuple(probes), tuple(ids), answers)
 
     def check(
         self,
@@ -168,7 +172,7 @@ class QualityGate:
         behaviour: dict[str, Any] = {"self_text": asdict(text), "thresholds": asdict(self.thresholds)}
         probes = reference.probes
         if probes:
-            got = probe_answers(model, tokenizer, candidate, encode_prompts(tokenizer, probes), self.probe_tokens)
+            got = probe_answers(model, tokenizer, candidate, reference.probe_ids, self.probe_tokens)
             changed = [p for p, a, b in zip(probes, reference.answers, got, strict=True) if a != b]
             behaviour["probes"] = {"count": len(probes), "changed": changed}
             if changed:
@@ -196,16 +200,8 @@ class QualityGate:
         :meth:`can_fit`)."""
         assert self.fitting is not None and self.model is not None
         model, tokenizer = self.model
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         with self._lock:
-            teacher = teacher_text(
-                model,
-                original,
-                self._prompt_ids(tokenizer, probes),
-                self.fitting,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=pad,
-            )
+            teacher = own_text(model, tokenizer, original, self._prompt_ids(tokenizer, probes), self.fitting)
             return fit_cores(model, [bases], [cores], [teacher], self.fitting, mode)[0]
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from soppu.adapter import LoraAdapter
 from soppu.adapter.apply import apply_adapter
+from soppu.compression.distill import position_kl
 from soppu.generation import greedy_generate
 
 __all__ = [
@@ -146,10 +147,7 @@ def _adapter_dict(adapter: AdapterBehaviour) -> dict[str, Any]:
 
 def next_token_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     """``KL(softmax(p) || softmax(q))`` in nats over the last axis, per position, computed in float32."""
-    log_p = torch.log_softmax(logits_p.float(), dim=-1)
-    log_q = torch.log_softmax(logits_q.float(), dim=-1)
-    # Mathematically >= 0; rounding can leave tiny negatives where the distributions are equal.
-    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)
+    return position_kl(torch.log_softmax(logits_p.float(), dim=-1), logits_q).clamp_min(0.0)
 
 
 def _logits(model: nn.Module, ids: list[int]) -> torch.Tensor:

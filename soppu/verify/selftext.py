@@ -29,14 +29,15 @@ from torch import nn
 
 from soppu.adapter.apply import apply_adapter
 from soppu.adapter.model import LoraAdapter
-from soppu.compression.distill import DistillSettings, Teacher, teacher_text
+from soppu.compression.distill import DistillSettings, Teacher, position_kl, teacher_text
+from soppu.generation import left_padded
 
 __all__ = [
     "SelfTextBehaviour",
     "base_kl",
     "encode_prompts",
     "first_sentence",
-    "gate_teacher",
+    "own_text",
     "probe_answers",
     "self_text_behaviour",
 ]
@@ -64,8 +65,11 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
 
 
 def _kl_scored(teacher: Teacher, logits: torch.Tensor) -> torch.Tensor:
-    log_p, log_q = teacher.log_probs, torch.log_softmax(logits.float(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)[teacher.scored]
+    return position_kl(teacher.log_probs, logits).clamp_min(0.0)[teacher.scored]
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 @torch.no_grad()
@@ -87,12 +91,13 @@ def self_text_behaviour(model: nn.Module, candidate: LoraAdapter, teacher: Teach
     return SelfTextBehaviour(kl_mean, float(kl.max()), kl_mean / base, float(agree.float().mean()), int(kl.numel()))
 
 
-def gate_teacher(
+def own_text(
     model: nn.Module, tokenizer: Any, original: LoraAdapter, prompts: Sequence[list[int]], settings: DistillSettings
 ) -> Teacher:
-    """The original's text for judging (``settings.seed`` should differ from any fit's seed)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return teacher_text(model, original, prompts, settings, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+    """:func:`~soppu.compression.distill.teacher_text` with the tokenizer's end and padding tokens: the text a
+    fit learns from, or (with a seed of its own) the text the gate judges on."""
+    eos = tokenizer.eos_token_id
+    return teacher_text(model, original, prompts, settings, eos_token_id=eos, pad_token_id=_pad_id(tokenizer))
 
 
 def first_sentence(text: str) -> str:
@@ -107,11 +112,9 @@ def probe_answers(
     model: nn.Module, tokenizer: Any, adapter: LoraAdapter, prompts: Sequence[list[int]], max_new_tokens: int
 ) -> list[str]:
     """The first sentence of the greedy reply to every prompt (:func:`first_sentence`), in one left-padded batch."""
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    pad = _pad_id(tokenizer)
+    ids, mask = left_padded(prompts, pad, next(model.parameters()).device)
+    width = ids.shape[1]
     with apply_adapter(model, adapter):
         out = model.generate(
             input_ids=ids,
