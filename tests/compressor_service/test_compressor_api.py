@@ -190,6 +190,10 @@ def test_probes_travel_with_the_upload_and_the_gate_checks_them(
     assert report["gate"]["behaviour"]["probes"]["count"] == len(questions)
     assert report["served_by"] in ("projection", "fitted", "original")
     assert report["ladder"][0]["step"] == "projection"
+    # LoRAX downloads everything under an export prefix: the probes never go there, only the two PEFT files.
+    for user in ("hugo", "iris"):
+        exported = compressor.keys(f"exports/{user}/")
+        assert exported and all(k.rsplit("/", 1)[1] in (CONFIG_NAME, WEIGHTS_NAME) for k in exported)
 
 
 def test_an_adapter_the_base_model_does_not_fit_is_gated_on_its_errors_alone(compressor: Compressor) -> None:
