@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import io
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -190,7 +191,51 @@ class _LazyFile:
             self._file.close()
 
 
+_EOCD = struct.Struct("<4s4H2LH")  # end of central directory: signature .. entries, cd size, cd offset, comment
+_EOCD_SIGNATURE = b"PK\x05\x06"
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_EOCD_SIGNATURE = b"PK\x06\x06"
+_MAX_CENTRAL_ENTRY_BYTES = 46 + 1024 + 1024  # fixed part, a long name, extra fields: what a real adapter needs
+
+
+def _zip_entry_count(source: BinaryIO) -> tuple[int, int]:
+    """(entries, central directory bytes) from the archive's end records, read before ``zipfile`` parses every
+    entry of the central directory into memory (about 600 bytes of Python objects per entry)."""
+    source.seek(0, io.SEEK_END)
+    size = source.tell()
+    tail_start = max(0, size - _EOCD.size - 0xFFFF)  # the record sits before a comment of at most 64 KiB
+    source.seek(tail_start)
+    tail = source.read()
+    at = tail.rfind(_EOCD_SIGNATURE)
+    if at < 0 or len(tail) - at < _EOCD.size:
+        raise AdapterError(Code.BAD_ARCHIVE, "corrupt archive: no zip end-of-central-directory record")
+    _sig, _disk, _cd_disk, _here, entries, cd_bytes, _offset, _comment = _EOCD.unpack_from(tail, at)
+    if entries == 0xFFFF or cd_bytes == 0xFFFFFFFF:  # zip64: the real counts are in the zip64 record
+        locator_at = tail_start + at - _ZIP64_LOCATOR.size
+        if locator_at < 0:
+            raise AdapterError(Code.BAD_ARCHIVE, "corrupt archive: zip64 locator missing")
+        source.seek(locator_at)
+        signature, _disk, record_at, _disks = _ZIP64_LOCATOR.unpack(source.read(_ZIP64_LOCATOR.size))
+        if signature != _ZIP64_LOCATOR_SIGNATURE or record_at > size - _ZIP64_EOCD.size:
+            raise AdapterError(Code.BAD_ARCHIVE, "corrupt archive: zip64 locator missing")
+        source.seek(record_at)
+        record = _ZIP64_EOCD.unpack(source.read(_ZIP64_EOCD.size))
+        if record[0] != _ZIP64_EOCD_SIGNATURE:
+            raise AdapterError(Code.BAD_ARCHIVE, "corrupt archive: zip64 end record missing")
+        entries, cd_bytes = record[7], record[8]
+    source.seek(0)
+    return entries, cd_bytes
+
+
 def _collect_zip(source: BinaryIO, collector: _Collector) -> None:
+    entries, cd_bytes = _zip_entry_count(source)
+    most = collector.limits.max_archive_members
+    if entries > most or cd_bytes > most * _MAX_CENTRAL_ENTRY_BYTES:
+        raise AdapterError(
+            Code.TOO_LARGE, f"archive lists {entries} entries; the limit is {most} files", limit=most
+        )
     with zipfile.ZipFile(source) as archive:
         for info in archive.infolist():
             mode = info.external_attr >> 16
@@ -265,7 +310,7 @@ def collect_archive(source: Path | bytes, limits: Limits = DEFAULT_LIMITS) -> Ad
                 _collect_tar(stream, collector, compressed=False)
             else:
                 raise AdapterError(Code.BAD_ARCHIVE, "not a .zip, .tar or .tar.gz archive")
-        except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile) as e:
+        except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile, struct.error) as e:
             raise AdapterError(Code.BAD_ARCHIVE, f"corrupt archive: {e}") from e
         except (RuntimeError, NotImplementedError) as e:  # zipfile: encrypted or unknown compression
             raise AdapterError(Code.BAD_ARCHIVE, f"unreadable archive member: {e}") from e

@@ -704,3 +704,35 @@ def test_unpickling_never_happens_across_sources(tmp_path: Path) -> None:
 def test_a_missing_path_is_not_an_adapter_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_adapter(tmp_path / "nowhere")
+
+
+def _many_entry_zip(entries: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for i in range(entries):
+            archive.writestr(f"e{i:06d}", b"")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("entries", [20_000, 70_000], ids=["zip", "zip64-entry-count"])
+def test_a_zip_with_too_many_entries_is_refused_before_its_entry_list_is_parsed(entries: int) -> None:
+    # Issue 13 item 10: zipfile parses the whole central directory (~600 bytes of objects per entry) before the
+    # member limit could apply; the end record's count refuses it first, in the memory of its last 64 KiB.
+    data = _many_entry_zip(entries)
+    tracemalloc.start()
+    try:
+        with pytest.raises(AdapterError) as excinfo:
+            read_adapter(data, DEFAULT_LIMITS)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert excinfo.value.code == "too_large"
+    assert "entries" in excinfo.value.message
+    assert peak < 2 * MIB, f"refusing the zip allocated {peak} bytes"
+
+
+def test_a_zip_without_an_end_record_is_a_bad_archive() -> None:
+    data = zip_bytes(_files())
+    with pytest.raises(AdapterError) as excinfo:
+        read_adapter(data[: data.rfind(b"PK\x05\x06")], DEFAULT_LIMITS)
+    assert excinfo.value.code == "bad_archive"
