@@ -8,6 +8,10 @@ faithfully: other ``peft_type`` values, DoRA, trained biases, ``modules_to_save`
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +21,16 @@ from soppu.errors import AdapterError
 from soppu.errors import AdapterErrorCode as Code
 from soppu.lora import lora_scaling
 
-__all__ = ["AdapterConfig", "parse_config"]
+__all__ = ["AdapterConfig", "parse_config", "pattern_budget"]
 
 MAX_RANK = 1024
 _MAX_PATTERN_LENGTH = 512
 _REGEX_TIMEOUT_S = 0.05
+# All the pattern matching one adapter may cost: a per-match timeout alone lets 8,192 tensors times a few
+# patterns that each stop just short of it take minutes of a worker thread.
+REGEX_BUDGET_S = 0.5
+_MAX_PATTERN_KEYS = 256
+_deadline: ContextVar[float | None] = ContextVar("soppu_pattern_deadline", default=None)
 # Keys whose mere presence with a non-default value means a variant we do not implement.
 _UNSUPPORTED_IF_SET: dict[str, tuple[Any, ...]] = {
     "use_dora": (False, None),
@@ -49,10 +58,26 @@ def _regex_match(pattern: str, text: str) -> bool:
     Python's ``re`` cannot be interrupted, and a pattern like ``(a|aa)+b`` backtracks for ever; the ``regex``
     package has a timeout, so an expensive pattern is a bad_config instead of a hung worker.
     """
+    timeout = _REGEX_TIMEOUT_S
+    deadline = _deadline.get()
+    if deadline is not None:
+        timeout = min(timeout, deadline - time.monotonic())
+        if timeout <= 0:
+            raise _bad("the adapter's patterns are too expensive to match against its modules", pattern=pattern)
     try:
-        return regex.fullmatch(pattern, text, timeout=_REGEX_TIMEOUT_S) is not None
+        return regex.fullmatch(pattern, text, timeout=timeout) is not None
     except TimeoutError as e:
         raise _bad(f"pattern {pattern!r} is too expensive to match", pattern=pattern) from e
+
+
+@contextmanager
+def pattern_budget(seconds: float = REGEX_BUDGET_S) -> Iterator[None]:
+    """Every pattern match inside shares one budget of ``seconds`` (one adapter's validation runs inside one)."""
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 def _pattern_key(patterns: dict[str, Any], module: str) -> str | None:
@@ -142,6 +167,8 @@ def _check_pattern(raw: Any, name: str, check: Any) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise _bad(f"{name} must be an object mapping module patterns to values", field=name)
+    if len(raw) > _MAX_PATTERN_KEYS:
+        raise _bad(f"{name} has more than {_MAX_PATTERN_KEYS} patterns", field=name)
     out = {}
     for key, value in raw.items():
         _check_pattern_text(key, name)

@@ -23,7 +23,7 @@ from soppu.adapter.archive import (
     collect_directory,
     collect_parts,
 )
-from soppu.adapter.config import AdapterConfig, parse_config
+from soppu.adapter.config import AdapterConfig, parse_config, pattern_budget
 from soppu.adapter.limits import DEFAULT_LIMITS, Limits
 from soppu.adapter.model import LoraAdapter, LoraModule
 from soppu.adapter.safetensors_check import TensorSpec, check_safetensors_header
@@ -105,9 +105,11 @@ def validate_files(
         )
     _reject_pickle(files.weights)
     specs, _metadata = check_safetensors_header(files.weights, limits)
-    pairs = _pair_modules(specs, config)
-    for module, (a, b) in pairs.items():
-        _check_shapes(module, a, b, config)
+    with pattern_budget():
+        pairs = _pair_modules(specs, config)
+        for module, (a, b) in pairs.items():
+            _check_shapes(module, a, b, config)
+        scalings = {module: config.scaling_for(module) for module in pairs}
 
     try:
         tensors = load_safetensors(files.weights)
@@ -118,7 +120,7 @@ def validate_files(
         a, b = tensors[a_spec.name], tensors[b_spec.name]
         if not (_all_finite(a) and _all_finite(b)):
             raise AdapterError(Code.NON_FINITE, f"module {module!r} has NaN or Inf values", module=module)
-        modules[module] = LoraModule(b=b, a=a, scaling=config.scaling_for(module))
+        modules[module] = LoraModule(b=b, a=a, scaling=scalings[module])
     return LoraAdapter(config=config, modules=modules)
 
 

@@ -736,3 +736,22 @@ def test_a_zip_without_an_end_record_is_a_bad_archive() -> None:
     with pytest.raises(AdapterError) as excinfo:
         read_adapter(data[: data.rfind(b"PK\x05\x06")], DEFAULT_LIMITS)
     assert excinfo.value.code == "bad_archive"
+
+
+def test_pattern_matching_has_one_budget_per_upload() -> None:
+    # Issue 13 item 7: each match stayed under its 50 ms timeout, so 64 modules x 200 slow patterns cost tens of
+    # seconds of a worker thread; now every match of one upload draws on one budget.
+    modules = {f"model.layers.{i}.self_attn.q_proj": (16, 16) for i in range(64)}
+    slow = {rf"(.*){{8}}q_projx{i}": 8 for i in range(200)}
+    files = make_files(modules, rank_pattern=slow)
+    with pytest.raises(AdapterError) as excinfo:
+        read_adapter({CONFIG_NAME: files.config, WEIGHTS_NAME: files.weights})
+    assert excinfo.value.code == "bad_config"
+    assert "too expensive" in excinfo.value.message
+
+
+def test_a_config_with_too_many_patterns_is_refused() -> None:
+    files = make_files(rank_pattern={f"m{i}": 4 for i in range(257)})
+    with pytest.raises(AdapterError) as excinfo:
+        read_adapter({CONFIG_NAME: files.config, WEIGHTS_NAME: files.weights})
+    assert excinfo.value.code == "bad_config"
