@@ -1,17 +1,18 @@
 """Authentication: the presented API key -> a :class:`~soppu.auth.Principal`, through ``soppu.auth.KeyRing``
 (the same hashed records the compressor issues) behind a short TTL cache.
 
-The cache is keyed by SHA-256 of the presented key, so no secret is kept. Refusals are cached too (a flood of
-bad keys costs one store read per key per TTL). A revoked key stays usable for at most ``key_cache_ttl_s``,
-or not at all once ``POST /v1/admin/invalidate`` names it or its user.
+The cache holds key records by key id (an id is safe to keep; the record holds only the secret's SHA-256,
+as the bucket does), and refusals as ``None`` by id too. So a malformed key (its shape or checksum is wrong)
+costs no store read, a well-formed key with an unknown id costs one read per id per TTL, and wrong secrets for
+a known id cost none. A revoked key stays usable for at most ``key_cache_ttl_s``, or not at all once
+``POST /v1/admin/invalidate`` names it or its user.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 
-from soppu.auth import KeyRing, Principal
+from soppu.auth import KeyRecord, KeyRing, Principal, parse_key
 from soppu.errors import StoreUnavailable
 from soppu.store.base import ObjectStore
 
@@ -23,36 +24,42 @@ __all__ = ["KeyCache"]
 
 class KeyCache:
     def __init__(self, store: ObjectStore, admin_key: str | None, ttl_s: float) -> None:
-        self._ring = KeyRing(store, admin_key)
-        self._cache: TtlCache[bytes, Principal | None] = TtlCache(ttl_s)
+        # No negative cache in the ring: refusals are cached here, where an invalidation can drop them.
+        self._ring = KeyRing(store, admin_key, unknown_ttl_s=0)
+        self._cache: TtlCache[str, KeyRecord | None] = TtlCache(ttl_s)
 
     async def authenticate(self, presented: str | None) -> Principal | None:
         if not presented:
             return None
-        digest = hashlib.sha256(presented.encode()).digest()
-        entry = self._cache.fresh(digest)
+        admin = self._ring.admin(presented)
+        if admin is not None:
+            return admin
+        parts = parse_key(presented)
+        if parts is None:
+            return None
+        key_id, secret = parts
+        entry = self._cache.fresh(key_id)
         if entry is None:
-            entry = await self._cache.load(digest, lambda: self._read(presented))
-        return entry.value
+            entry = await self._cache.load(key_id, lambda: self._read(key_id))
+        record = entry.value
+        return record.principal if record is not None and record.verify(secret) else None
 
-    async def _read(self, presented: str) -> Entry[Principal | None]:
+    async def _read(self, key_id: str) -> Entry[KeyRecord | None]:
         try:
-            principal = await asyncio.to_thread(self._ring.authenticate, presented)
+            record = await asyncio.to_thread(self._ring.get, key_id)
         except StoreUnavailable as e:
             raise StoreDown(f"cannot check the API key: {e.message}") from e
-        return Entry(principal, self._cache.now())
+        return Entry(record, self._cache.now())
 
     def invalidate(self, *, user_id: str | None = None, key_id: str | None = None) -> int:
         """Forget cached keys of ``user_id`` and/or the key ``key_id`` (everything when both are None)."""
         if user_id is None and key_id is None:
             return self._cache.invalidate()
 
-        def match(_: bytes, principal: Principal | None) -> bool:
+        def match(cached_id: str, record: KeyRecord | None) -> bool:
             # Cached refusals go too: the key may have been issued since it was refused.
-            if principal is None:
+            if record is None:
                 return True
-            return (user_id is not None and principal.user_id == user_id) or (
-                key_id is not None and principal.key_id == key_id
-            )
+            return (user_id is not None and record.user_id == user_id) or cached_id == key_id
 
         return self._cache.invalidate(match)

@@ -1,13 +1,23 @@
 """API keys: issuing, storing (hashed, in the bucket), authenticating and revoking.
 
-A key reads ``sk-soppu-<key_id>.<secret>``. Only ``sha256(secret)`` is stored, at ``keys/<key_id>.json``; a user's
-keys are also indexed under ``key-index/<user_id>/<key_id>`` so deleting a user revokes them all. The
-compressor issues keys and the gateway authenticates with the same records, so a revoked key is refused by
-both at once. The admin key is not stored: it comes from the environment (``SOPPU_ADMIN_KEY``).
+A key reads ``sk-soppu-<key_id>.<secret><check>``: a 16-hex-digit id, a dot, a 43-character URL-safe secret,
+then 8 hex digits of CRC-32 over ``<key_id>.<secret>``. The fixed shape and the checksum let every service
+refuse a malformed or made-up key without a store read; a well-formed key whose id the bucket does not hold
+costs one read, after which that id is remembered as unknown for ``unknown_ttl_s`` (a bounded set). The
+checksum is public: it stops garbage and typos; a forged well-formed key still costs one read per new id.
+
+Only ``sha256(secret)`` is stored, at ``keys/<key_id>.json``; a user's keys are also indexed under
+``key-index/<user_id>/<key_id>`` so deleting a user revokes them all. The compressor issues keys and the
+gateway authenticates with the same records, so a revoked key is refused by both at once. The admin key is not
+stored: it comes from the environment (``SOPPU_ADMIN_KEY``).
 
 Roles: ``admin`` (everything), ``service`` (an application backend acting for any user), ``user`` (only its own
 ``user_id``). Secrets never leave this module except in the one response that issues them; records and
 principals carry only the key id.
+
+A key issued while its user is being deleted must not outlive the deletion: :meth:`KeyRing.issue` writes the
+index entry first and the record second, then checks that the index entry is still there; a deletion that
+revoked or swept it meanwhile makes the issue undo its record and fail with ``not_found``.
 """
 
 from __future__ import annotations
@@ -16,7 +26,13 @@ import datetime
 import hashlib
 import hmac
 import json
+import re
 import secrets
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
@@ -24,9 +40,11 @@ from soppu.errors import InvalidName, ObjectNotFound
 from soppu.store.base import ObjectStore
 from soppu.store.layout import check_name, key_index_key, key_index_prefix, key_record_key
 
-__all__ = ["KEY_PREFIX", "KeyRecord", "KeyRing", "Principal", "Role"]
+__all__ = ["KEY_PREFIX", "KeyRecord", "KeyRing", "Principal", "Role", "format_key", "parse_key"]
 
 KEY_PREFIX = "sk-soppu-"
+_KEY = re.compile(re.escape(KEY_PREFIX) + r"([0-9a-f]{16})\.([A-Za-z0-9_-]{43})([0-9a-f]{8})")
+_SECRET_BYTES = 32  # token_urlsafe(32): always 43 characters
 
 
 class Role(StrEnum):
@@ -71,55 +89,135 @@ class KeyRecord:
     def principal(self) -> Principal:
         return Principal(self.role, self.user_id, self.key_id)
 
+    def verify(self, secret: str) -> bool:
+        """Whether ``secret`` is this key's (constant time)."""
+        return hmac.compare_digest(self.secret_sha256, _sha256(secret))
+
 
 def _sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _split(presented: str) -> tuple[str, str] | None:
-    if not presented.startswith(KEY_PREFIX):
+def _check(key_id: str, secret: str) -> str:
+    return f"{zlib.crc32(f'{key_id}.{secret}'.encode()):08x}"
+
+
+def format_key(key_id: str, secret: str) -> str:
+    """The presented form of a key: prefix, id, dot, secret and checksum."""
+    return f"{KEY_PREFIX}{key_id}.{secret}{_check(key_id, secret)}"
+
+
+def parse_key(presented: str) -> tuple[str, str] | None:
+    """``(key_id, secret)`` of a well-formed key with a valid checksum, else None; never reads the store."""
+    match = _KEY.fullmatch(presented)
+    if match is None or not hmac.compare_digest(match[3], _check(match[1], match[2])):
         return None
-    key_id, dot, secret = presented[len(KEY_PREFIX) :].partition(".")
-    if not dot or not secret or len(key_id) != 16 or not all(c in "0123456789abcdef" for c in key_id):
-        return None
-    return key_id, secret
+    return match[1], match[2]
+
+
+class _UnknownIds:
+    """Key ids the store did not hold, each remembered for ``ttl_s``; at most ``max_ids``, the oldest forgotten
+    first, so a flood of made-up ids costs memory in proportion to the bound, not to the flood."""
+
+    def __init__(self, ttl_s: float, max_ids: int, clock: Callable[[], float]) -> None:
+        self._ttl_s, self._max, self._clock = ttl_s, max_ids, clock
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()  # the compressor authenticates in worker threads
+
+    def __contains__(self, key_id: str) -> bool:
+        with self._lock:
+            seen = self._seen.get(key_id)
+            if seen is None:
+                return False
+            if self._clock() - seen < self._ttl_s:
+                return True
+            del self._seen[key_id]
+            return False
+
+    def add(self, key_id: str) -> None:
+        if self._ttl_s <= 0:
+            return
+        with self._lock:
+            self._seen[key_id] = self._clock()
+            self._seen.move_to_end(key_id)
+            while len(self._seen) > self._max:
+                self._seen.popitem(last=False)
+
+    def discard(self, key_id: str) -> None:
+        with self._lock:
+            self._seen.pop(key_id, None)
 
 
 class KeyRing:
-    """Keys stored in ``store``; ``admin_key`` (if set) authenticates as admin without a record."""
+    """Keys stored in ``store``; ``admin_key`` (if set) authenticates as admin without a record.
 
-    def __init__(self, store: ObjectStore, admin_key: str | None = None) -> None:
+    Ids the store did not hold are remembered for ``unknown_ttl_s`` (0: not at all, for a caller that caches
+    refusals itself); known keys are never cached here, so a revocation holds at once."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        admin_key: str | None = None,
+        *,
+        unknown_ttl_s: float = 60.0,
+        max_unknown: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
         self._admin_key = admin_key or None
+        self._unknown = _UnknownIds(unknown_ttl_s, max_unknown, clock)
 
     def issue(self, role: Role, user_id: str | None = None) -> tuple[str, KeyRecord]:
-        """A new key: (the plaintext, shown once; its record, stored hashed)."""
+        """A new key: (the plaintext, shown once; its record, stored hashed). ``not_found`` when ``user_id``
+        was deleted while its key was being written."""
         if role is Role.USER:
             check_name(user_id or "", "user_id")
         elif user_id is not None:
             raise InvalidName(f"a {role.value} key acts for every user; it takes no user_id", field="user_id")
-        key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(_SECRET_BYTES)
         now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         record = KeyRecord(key_id, role, user_id, _sha256(secret), now)
         if user_id is not None:
             # The index first: a key whose index entry is missing could survive its user's deletion.
             self._store.put(key_index_key(user_id, key_id), b"{}", create_only=True)
         self._store.put(key_record_key(key_id), record.to_json(), create_only=True)
-        return f"{KEY_PREFIX}{key_id}.{secret}", record
+        self._unknown.discard(key_id)
+        if user_id is not None and not self._store.exists(key_index_key(user_id, key_id)):
+            # A deletion of this user revoked or swept the index entry between the two puts: the record it
+            # could not see must go too, or the key would outlive its user.
+            self._store.delete(key_record_key(key_id))
+            raise ObjectNotFound(f"user {user_id!r} was deleted while a key was being issued for it")
+        return format_key(key_id, secret), record
+
+    def admin(self, presented: str) -> Principal | None:
+        """The admin principal if ``presented`` is the admin key (constant time), else None."""
+        if self._admin_key is not None and hmac.compare_digest(presented.encode(), self._admin_key.encode()):
+            return Principal(Role.ADMIN, None, "admin")
+        return None
 
     def authenticate(self, presented: str | None) -> Principal | None:
         """The principal a presented key stands for, or None (unknown, malformed or revoked)."""
         if not presented:
             return None
-        if self._admin_key is not None and hmac.compare_digest(presented.encode(), self._admin_key.encode()):
-            return Principal(Role.ADMIN, None, "admin")
-        parts = _split(presented)
+        admin = self.admin(presented)
+        if admin is not None:
+            return admin
+        parts = parse_key(presented)
         if parts is None:
             return None
-        record = self.get(parts[0])
-        if record is None or not hmac.compare_digest(record.secret_sha256, _sha256(parts[1])):
+        record = self.lookup(parts[0])
+        if record is None or not record.verify(parts[1]):
             return None
         return record.principal
+
+    def lookup(self, key_id: str) -> KeyRecord | None:
+        """The record of ``key_id``; an id found missing is not read again for ``unknown_ttl_s``."""
+        if key_id in self._unknown:
+            return None
+        record = self.get(key_id)
+        if record is None:
+            self._unknown.add(key_id)
+        return record
 
     def get(self, key_id: str) -> KeyRecord | None:
         try:

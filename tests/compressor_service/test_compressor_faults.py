@@ -13,6 +13,7 @@ from compressor_client import ADMIN_KEY, adapter_files, file_parts, upload, wait
 from conftest import StartCompressor
 from processes import free_port
 
+from soppu.auth import format_key
 from soppu.registry import JobRecord, JobState
 from soppu.registry.catalog import pending_jobs
 
@@ -76,7 +77,8 @@ def test_an_unavailable_store_answers_503_with_retry_after(
         ready = anonymous.get("/readyz")
         assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
         assert upload(anonymous, "alice", parts).status_code == 401  # no key: refused without asking the store
-    for key in (ADMIN_KEY, "sk-soppu-0123456789abcdef.a-user-key"):
+    # A well-formed user key: its record must be read from the store (a malformed one is refused without).
+    for key in (ADMIN_KEY, format_key("0123456789abcdef", "s" * 43)):
         with httpx.Client(base_url=service.url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
             for response in (
                 upload(client, "alice", parts),

@@ -1,6 +1,6 @@
 """The gateway's parts in-process, where a fake clock or a scripted race says more than a process could: the hash
 ring and its load bound, the token buckets, the caches' invalidation races, resolution per backend kind, SSE
-event splitting and the settings."""
+event splitting, what bad keys cost, and the settings."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from gateway_support import publish
 
 from gateway_service.caching import Entry, TtlCache
 from gateway_service.errors import AdapterNotFound, InvalidRequest, NoBackend, Overloaded, RateLimited
+from gateway_service.keys import KeyCache
 from gateway_service.limits import ConcurrencyGate, UserLimiter
 from gateway_service.metrics import GatewayMetrics
 from gateway_service.resolution import Resolver
@@ -22,7 +23,9 @@ from gateway_service.service import Gateway
 from gateway_service.settings import BackendConfig, BackendKind, GatewaySettings
 from gateway_service.sse import split_events
 from gateway_service.transport import StreamTransport
+from soppu.auth import KeyRing, Role, format_key
 from soppu.store import LocalStore
+from soppu.store.base import StoredObject
 from soppu.store.layout import pointer_key
 
 
@@ -126,6 +129,42 @@ def test_a_load_begun_before_an_invalidation_is_not_kept() -> None:
 
         assert (await cache.load("k", fresh_load)).value == "new"
         assert cache.fresh("k") is not None
+
+    asyncio.run(scenario())
+
+
+class CountingStore(LocalStore):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gets = 0
+
+    def get(self, key: str) -> StoredObject:
+        self.gets += 1
+        return super().get(key)
+
+
+def test_bad_keys_cost_at_most_one_store_read_per_key_id(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "store")
+    key, record = KeyRing(store).issue(Role.USER, "alice")
+    keys = KeyCache(store, "admin-key", ttl_s=60)
+
+    async def refused(presented: str, times: int = 50) -> bool:
+        found = await asyncio.gather(*(keys.authenticate(presented) for _ in range(times)))
+        return all(principal is None for principal in found)
+
+    async def scenario() -> None:
+        malformed = [f"sk-soppu-{n:016x}.not-a-secret" for n in range(100)] + [key[:-1] + "x"]
+        assert all([await refused(bad, 1) for bad in malformed])
+        assert store.gets == 0  # malformed: refused on sight
+        forged = [format_key(f"{n:016x}", "s" * 43) for n in range(3)]
+        assert all([await refused(bad) for bad in forged])
+        assert store.gets == 3  # one read per unknown id, however often it is tried
+        wrong_secrets = [format_key(record.key_id, f"{n:043d}") for n in range(20)]
+        assert await keys.authenticate(key) == record.principal
+        assert all([await refused(bad, 1) for bad in wrong_secrets])
+        assert store.gets == 4  # the record is read once for the key and all the wrong secrets
+        assert keys.invalidate(key_id=record.key_id) == 4  # the key and the three refusals
+        assert await keys.authenticate(key) == record.principal and store.gets == 5
 
     asyncio.run(scenario())
 
