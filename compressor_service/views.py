@@ -3,6 +3,7 @@ registry's records into response shapes. Nothing here knows about HTTP beyond th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -37,6 +38,7 @@ __all__ = [
 DEFAULT_ADAPTER = "default"
 _MAX_IDEMPOTENCY_KEY = 255
 _PATH_JOBS = "/v1/jobs"
+_VERSION_NUMBER = re.compile(r"[0-9]{1,8}")
 
 
 def status_url(job_id: str) -> str:
@@ -127,7 +129,7 @@ def user_adapters(store: ObjectStore, user_id: str) -> UserAdapters:
 
 def parse_version_text(text: str) -> int:
     """``3`` or ``v00000003``."""
-    if text.isdigit():
+    if _VERSION_NUMBER.fullmatch(text):  # ASCII digits only: "²".isdigit() is true, and int() refuses it
         number = int(text)
         if number < 1:
             raise InvalidName(f"invalid version {text!r}", field="version")

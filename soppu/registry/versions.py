@@ -83,7 +83,7 @@ def accept_upload(
     """Store a validated upload and queue its job: (the job, whether it is new). With an Idempotency-Key, the
     same body returns the first upload's job (not new), and a different body raises IdempotencyConflict."""
     digest = body_digest(files)
-    record_key = idempotency_key(user_id, idempotency) if idempotency else None
+    record_key = idempotency_key(user_id, adapter, idempotency) if idempotency else None
     if record_key is not None:
         existing = _existing(store, record_key, digest)
         if existing is not None:

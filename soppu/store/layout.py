@@ -12,7 +12,7 @@ key                                                          what
 ``manifests/{user}/{adapter}/{version}.json``                  what one version is made of (keys, basis, report)
 ``pointers/{user}/{adapter}/current.json``                     the current version; written last, so it switches
 ``jobs/{user}/{adapter}/{version}.json``                       the compression job of one upload (state, report)
-``idempotency/{user}/{digest}.json``                           an upload's Idempotency-Key -> its job
+``idempotency/{user}/{adapter}/{digest}.json``                 an upload's Idempotency-Key -> its job
 ``cohorts/{cohort}/state.json``                                a cohort's members, current basis, refit flag
 ``keys/{key_id}.json``                                         an API key record (role, user, SHA-256 of the secret)
 ``key-index/{user}/{key_id}``                                  a user's keys, so deleting the user revokes them
@@ -86,7 +86,7 @@ LAYOUT: tuple[str, ...] = (
     f"{MANIFESTS}/{{user}}/{{adapter}}/{{version}}.json",
     f"{POINTERS}/{{user}}/{{adapter}}/{POINTER_NAME}",
     f"{JOBS}/{{user}}/{{adapter}}/{{version}}.json",
-    f"{IDEMPOTENCY}/{{user}}/{{digest}}.json",
+    f"{IDEMPOTENCY}/{{user}}/{{adapter}}/{{digest}}.json",
     f"{COHORTS}/{{cohort}}/state.json",
     f"{KEYS}/{{key_id}}.json",
     f"{KEY_INDEX}/{{user}}/{{key_id}}",
@@ -217,7 +217,8 @@ def adapter_prefixes(user_id: str, adapter: str) -> tuple[str, ...]:
     """Every prefix that holds data of one adapter of ``user_id`` (each ends in ``/``)."""
     check_name(user_id, "user_id")
     check_name(adapter, "adapter name")
-    return tuple(f"{kind}/{user_id}/{adapter}/" for kind in (ORIGINALS, EXPORTS, CORES, MANIFESTS, POINTERS, JOBS))
+    kinds = (ORIGINALS, EXPORTS, CORES, MANIFESTS, POINTERS, JOBS, IDEMPOTENCY)
+    return tuple(f"{kind}/{user_id}/{adapter}/" for kind in kinds)
 
 
 def user_prefixes(user_id: str) -> tuple[str, ...]:
@@ -228,9 +229,10 @@ def user_prefixes(user_id: str) -> tuple[str, ...]:
     return tuple(f"{kind}/{user_id}/" for kind in kinds)
 
 
-def idempotency_key(user_id: str, idempotency: str) -> str:
+def idempotency_key(user_id: str, adapter: str, idempotency: str) -> str:
+    """Scoped to one adapter: the same key sent for two adapter names is two uploads."""
     digest = hashlib.sha256(idempotency.encode()).hexdigest()[:32]
-    return f"{IDEMPOTENCY}/{check_name(user_id, 'user_id')}/{digest}.json"
+    return f"{IDEMPOTENCY}/{check_name(user_id, 'user_id')}/{check_name(adapter, 'adapter name')}/{digest}.json"
 
 
 def cohort_state_key(cohort: str) -> str:

@@ -122,6 +122,9 @@ def test_upload_runs_to_a_published_version_with_its_artifacts_in_the_bucket(
             assert png.status_code == 200 and png.headers["content-type"] == "image/png"
             assert png.content.startswith(PNG_MAGIC)
         assert client.get("/v1/users/user-000/adapters/default/versions/99/report.png").status_code == 404
+        for odd in ("%C2%B2", "9" * 5000):  # issue 13 item 20: a Unicode digit or a huge number was a 500
+            response = client.get(f"/v1/users/user-000/adapters/default/versions/{odd}/report.png")
+            assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_name", response.text
         listing = client.get("/v1/users/user-000/adapters").json()
     [adapter] = listing["adapters"]
     assert adapter["name"] == "default" and adapter["current_version"] >= 1

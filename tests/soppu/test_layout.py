@@ -70,10 +70,16 @@ def test_versions_round_trip() -> None:
 def test_user_prefixes_cover_every_per_user_kind() -> None:
     prefixes = layout.user_prefixes("u1")
     ref = AdapterVersion("u1", "default", 1)
-    owned = (ref.core_key, ref.manifest_key, ref.pointer_key, ref.job_key, layout.idempotency_key("u1", "k"))
+    owned = (ref.core_key, ref.manifest_key, ref.pointer_key, ref.job_key, layout.idempotency_key("u1", "default", "k"))
     for key in (*ref.original_keys(), *ref.export_keys(), *owned, layout.key_index_key("u1", "0123abcd0123abcd")):
         assert any(key.startswith(p) for p in prefixes), key
     assert not any(AdapterVersion("u10", "d", 1).core_key.startswith(p) for p in prefixes)
+
+
+def test_adapter_prefixes_cover_its_idempotency_records() -> None:
+    key = layout.idempotency_key("u1", "default", "k")
+    assert any(key.startswith(p) for p in layout.adapter_prefixes("u1", "default"))
+    assert not any(key.startswith(p) for p in layout.adapter_prefixes("u1", "other"))
 
 
 def test_readme_documents_every_key() -> None:

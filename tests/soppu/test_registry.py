@@ -59,6 +59,14 @@ def test_idempotency_key_same_body_same_job_other_body_conflict(store: ObjectSto
     assert _keys(store) == before  # nothing stored for the refused upload
 
 
+def test_an_idempotency_key_is_scoped_to_one_adapter(store: ObjectStore, uploads) -> None:
+    # Issue 13 item 23: the same key for another adapter name answered the first adapter's job.
+    first, second = list(uploads.values())[:2]
+    job, _ = accept_upload(store, "u1", "default", first, "key-1")
+    other, new = accept_upload(store, "u1", "work", second, "key-1")
+    assert new and other.adapter == "work" and other.job_id != job.job_id
+
+
 def test_job_publishes_in_order_and_a_rerun_changes_nothing(store: ObjectStore, uploads) -> None:
     pipeline = _pipeline(store)
     user, files = next(iter(uploads.items()))
