@@ -8,16 +8,18 @@ The command line (``python -m compressor_service --port ...``) overrides them; s
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from soppu.adapter import DEFAULT_LIMITS, Limits
 from soppu.compression.distill import DistillSettings
 from soppu.registry.policy import DEFAULT_PROMPTS, GateThresholds
+from soppu.secret_checks import check_s3_secret, check_secret
 
 __all__ = ["CompressorSettings", "get_settings"]
 
@@ -32,7 +34,10 @@ def _default_base_model() -> Path | None:
 
 class CompressorSettings(BaseSettings):
     # populate_by_name: tests and the CLI pass store_url=/admin_key= by name; the environment uses the aliases.
-    model_config = SettingsConfigDict(env_prefix="SOPPU_COMPRESSOR_", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a refused setting's message must never quote a secret.
+    model_config = SettingsConfigDict(
+        env_prefix="SOPPU_COMPRESSOR_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8081, ge=1, le=65535)
@@ -104,6 +109,18 @@ class CompressorSettings(BaseSettings):
     # Gateways told about deleted users and revoked keys (best effort).
     gateway_urls: list[str] = Field([], description='JSON list, e.g. ["http://127.0.0.1:8080"]')
     notify_timeout_s: float = Field(2.0, gt=0)
+
+    @field_validator("admin_key")
+    @classmethod
+    def _strong_admin_key(cls, key: SecretStr | None) -> SecretStr | None:
+        check_secret("SOPPU_ADMIN_KEY", None if key is None else key.get_secret_value())
+        return key
+
+    @model_validator(mode="after")
+    def _strong_s3_secret(self) -> CompressorSettings:
+        if self.store_url.startswith("s3://"):
+            check_s3_secret(os.environ)
+        return self
 
     @field_validator("base_model", mode="before")
     @classmethod

@@ -7,12 +7,15 @@ The command line (``python -m gateway_service --port ...``) overrides them; see 
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from soppu.secret_checks import check_s3_secret, check_secret
 
 __all__ = ["BackendConfig", "BackendKind", "GatewaySettings", "get_settings"]
 
@@ -38,7 +41,10 @@ class BackendConfig(BaseModel):
 
 class GatewaySettings(BaseSettings):
     # populate_by_name: tests and the CLI pass store_url=/admin_key= by name; the environment uses the aliases.
-    model_config = SettingsConfigDict(env_prefix="SOPPU_GATEWAY_", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a refused setting's message must never quote a secret.
+    model_config = SettingsConfigDict(
+        env_prefix="SOPPU_GATEWAY_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
@@ -67,17 +73,39 @@ class GatewaySettings(BaseSettings):
     user_tokens_per_s: float = Field(2000.0, ge=0, description="generated tokens per second")
     user_token_burst: int = Field(20000, ge=1)
     max_concurrent_requests: int = Field(512, ge=1, description="requests beyond this answer 503 at once")
+    user_max_in_flight: int = Field(
+        16, ge=0, description="one user's requests inside at once; more answer 429 too_many_in_flight (0: no cap)"
+    )
     max_body_bytes: int = Field(1 << 20, ge=1024)
+    body_timeout_s: float = Field(30.0, gt=0, description="the whole request body must arrive within this, else 408")
+    keep_alive_s: int = Field(
+        75, ge=1, description="idle client connections stay open this long: longer than client pools keep them"
+    )
     default_max_new_tokens: int = Field(64, ge=1, description="applied when a request sets none")
     max_new_tokens_cap: int = Field(512, ge=1, description="larger requests are clamped to this")
     upstream_timeout_s: float = Field(120.0, gt=0, description="per upstream request (between events, streaming)")
     connect_timeout_s: float = Field(2.0, gt=0)
+    upstream_idle_s: float = Field(
+        4.0, gt=0, description="idle upstream connections are not reused after this: below the backends' keep-alive"
+    )
     retries: int = Field(2, ge=0, description="extra attempts after a 429 or a connection error (not streams)")
     retry_backoff_s: float = Field(0.05, ge=0, description="first backoff; doubles per retry")
     health_interval_s: float = Field(2.0, gt=0)
     health_timeout_s: float = Field(1.0, gt=0)
     virtual_nodes: int = Field(64, ge=1, description="points per backend on the consistent-hash ring")
     load_factor: float = Field(1.25, ge=1.0, description="bounded load: skip a backend over this x average")
+
+    @field_validator("admin_key")
+    @classmethod
+    def _strong_admin_key(cls, key: SecretStr | None) -> SecretStr | None:
+        check_secret("SOPPU_ADMIN_KEY", None if key is None else key.get_secret_value())
+        return key
+
+    @model_validator(mode="after")
+    def _strong_s3_secret(self) -> GatewaySettings:
+        if self.store_url.startswith("s3://"):
+            check_s3_secret(os.environ)
+        return self
 
     @field_validator("backends")
     @classmethod

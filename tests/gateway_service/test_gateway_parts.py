@@ -217,12 +217,12 @@ def test_split_events_waits_for_whole_events() -> None:
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOPPU_STORE_URL", "s3://bucket")
-    monkeypatch.setenv("SOPPU_ADMIN_KEY", "secret")
+    monkeypatch.setenv("SOPPU_ADMIN_KEY", "gateway-admin-key-0123456789")
     monkeypatch.setenv("SOPPU_GATEWAY_BACKENDS", '[{"url": "http://lorax:80/", "kind": "lorax"}]')
     monkeypatch.setenv("SOPPU_GATEWAY_NO_ADAPTER", "base")
     settings = GatewaySettings()
     assert settings.store_url == "s3://bucket" and settings.admin_key is not None
-    assert "secret" not in repr(settings)
+    assert "0123456789" not in repr(settings)
     assert settings.backends == [BackendConfig(url="http://lorax:80", kind=BackendKind.LORAX)]
     assert settings.no_adapter == "base" and settings.port == 8080
     with pytest.raises(ValueError, match="http"):
