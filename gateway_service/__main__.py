@@ -65,9 +65,16 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every upstream request at INFO: our access line already says which backend answered.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    # Our own access line carries the request id; uvicorn's would only repeat it without.
+    # Our own access line carries the request id; uvicorn's would only repeat it without. Keep-alive: uvicorn's
+    # default (5 s) is what client pools keep idle connections for (httpx: 5 s), so a client reusing one as
+    # the gateway closes it lost the request; the gateway now outlasts them.
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level, access_log=False
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 

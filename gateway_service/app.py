@@ -2,13 +2,16 @@
 the upstream connection pool (one ``httpx.AsyncClient``) and the health checker, and closes them on shutdown.
 
 Every error answers with LoRAX's body ``{"error": str, "error_type": str}`` (see :mod:`gateway_service.errors`
-for the codes); FastAPI's own request validation answers 422 ``validation`` like the backends do.
+for the codes); FastAPI's own request validation answers 422 ``validation`` like the backends do. The request
+body's size cap and deadline (413, 408) are enforced in front of every route by
+:class:`soppu.protocol.request_body.BodyGuard`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,10 +23,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from soppu.protocol.request_body import BodyGuard
 from soppu.store.factory import open_store
 
 from .edge import EdgeMiddleware
-from .errors import GatewayError
+from .errors import GatewayError, RequestTimeout, RequestTooLarge
 from .metrics import GatewayMetrics
 from .routes import lorax, openai, ops
 from .service import Gateway
@@ -33,10 +37,15 @@ from .transport import StreamTransport
 __all__ = ["create_app"]
 
 _log = logging.getLogger(__name__)
+_BODY_REFUSALS: dict[int, type[GatewayError]] = {408: RequestTimeout, 413: RequestTooLarge}
 
 
 def _error(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
+
+
+def _refuse_body(status: int, message: str) -> bytes:
+    return json.dumps(_BODY_REFUSALS[status](message).body()).encode()
 
 
 async def _on_gateway_error(_: Request, e: Exception) -> JSONResponse:
@@ -75,7 +84,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         store = await asyncio.to_thread(open_store, settings.store_url)
         # One connection pool for everything upstream (no limit of its own: the concurrency gate bounds the
         # requests in flight); the client, for health checks, sits on it too.
-        transport = StreamTransport()
+        transport = StreamTransport(max_idle_s=settings.upstream_idle_s)
         async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
             gateway = Gateway(settings, store, transport, metrics)
             # One round before serving, so /readyz and routing start from the backends' real state.
@@ -107,5 +116,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     for module in (lorax, openai, ops):
         app.include_router(module.router)
     routes = frozenset(getattr(route, "path", "") for m in (lorax, openai, ops) for route in m.router.routes)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics, routes=routes)
+    limit = settings.max_body_bytes
+    app.add_middleware(BodyGuard, timeout_s=settings.body_timeout_s, refuse=_refuse_body, max_bytes=lambda _: limit)
+    app.add_middleware(EdgeMiddleware, metrics=metrics, routes=routes)  # added last: the outermost
     return app

@@ -1,17 +1,15 @@
-"""The ASGI layer in front of every route (plain ASGI, not ``BaseHTTPMiddleware``, which costs a task and a
-queue per request): the request id, the body-size cap, the access log line and the request metrics.
+"""The outermost ASGI layer in front of every route (plain ASGI, not ``BaseHTTPMiddleware``, which costs a task
+and a queue per request): the request id, the access log line and the request metrics. The body's size cap and
+deadline sit just inside it (:class:`soppu.protocol.request_body.BodyGuard`), so their 413 and 408 are
+logged and counted like any answer.
 
 - ``x-request-id``: the client's if it is a sane token, else a new one; on the response, in the log line and
   forwarded upstream (routes read it from ``request.state.request_id``).
-- Bodies over ``max_body_bytes`` are refused with 413 before a route sees them (by Content-Length when
-  given, else while reading); the body is then replayed to the app, and later ``receive`` calls reach the
-  server again, so a client's disconnect is still seen.
 - One log line per request, without credentials: id, method, path, status, ms, backend, user.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -26,22 +24,11 @@ __all__ = ["EdgeMiddleware"]
 
 _log = logging.getLogger("gateway_service.access")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-_NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
-
-
-def _too_large(limit: int) -> list[Message]:
-    body = json.dumps({"error": f"request body over {limit} bytes", "error_type": "request_too_large"}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    return [
-        {"type": "http.response.start", "status": 413, "headers": headers},
-        {"type": "http.response.body", "body": body},
-    ]
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: GatewayMetrics, routes: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics, routes: frozenset[str]) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.routes = routes  # metric labels only for known paths: a scanner's paths must not mint series
 
@@ -68,35 +55,9 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            if scope["method"] not in _NO_BODY:
-                body = await self._read_body(headers, receive)
-                if body is None:
-                    for message in _too_large(self.max_body_bytes):
-                        await send_with_id(message)
-                    return
-                receive = _replay(body, receive)
             await self.app(scope, receive, send_with_id)
         finally:
             self._record(scope, state, status, time.perf_counter() - started)
-
-    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes | None:
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left before sending the whole body
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
 
     def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
         route = state["route"]
@@ -114,16 +75,3 @@ class EdgeMiddleware:
                 backend,
                 state.get("user", "-"),
             )
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # after the body: wait for the disconnect, as the server's receive does
-
-    return replay

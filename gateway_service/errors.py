@@ -5,9 +5,11 @@
     ├── Unauthorized        401  unauthorized        no key, or an unknown / malformed / revoked one
     ├── Forbidden           403  forbidden           the key may not act for that user, or not as admin
     ├── AdapterNotFound     404  adapter_not_found   the user has no adapter of that name
+    ├── RequestTimeout      408  request_timeout     the body did not arrive within body_timeout_s
     ├── RequestTooLarge     413  request_too_large   the body is over max_body_bytes
     ├── InvalidRequest      422  validation          a bad field (named in the message)
     ├── RateLimited         429  rate_limited        a per-user bucket is empty (Retry-After)
+    ├── TooManyInFlight     429  too_many_in_flight  the user has user_max_in_flight requests inside (Retry-After)
     ├── Overloaded          503  overloaded          the global concurrency cap is reached (Retry-After)
     ├── NoBackend           503  no_backend          no healthy backend, or none could be reached
     ├── StoreDown           503  store_unavailable   the bucket could not be read
@@ -29,8 +31,10 @@ __all__ = [
     "NoBackend",
     "Overloaded",
     "RateLimited",
+    "RequestTimeout",
     "RequestTooLarge",
     "StoreDown",
+    "TooManyInFlight",
     "Unauthorized",
     "UpstreamTimeout",
 ]
@@ -64,6 +68,10 @@ class AdapterNotFound(GatewayError):
     status, error_type = 404, "adapter_not_found"
 
 
+class RequestTimeout(GatewayError):
+    status, error_type = 408, "request_timeout"
+
+
 class RequestTooLarge(GatewayError):
     status, error_type = 413, "request_too_large"
 
@@ -80,6 +88,13 @@ class RateLimited(GatewayError):
     status, error_type = 429, "rate_limited"
 
     def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, headers=_retry_after(retry_after_s))
+
+
+class TooManyInFlight(GatewayError):
+    status, error_type = 429, "too_many_in_flight"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message, headers=_retry_after(retry_after_s))
 
 

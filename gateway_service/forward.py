@@ -117,7 +117,7 @@ class _Relay:
         try:
             await self._reply.close()  # an unfinished stream's connection closes: the backend stops generating
         finally:
-            self._call.gateway.gate.leave()
+            self._call.gateway.gate.leave(self._user)
             _charge(self._call, self._user, self._tokens)
 
 
@@ -181,10 +181,11 @@ async def _send(
     return EventStreamResponse(relay.events(), on_close=relay.close, headers=target.response_headers())
 
 
-async def _guarded(call: Call, work: Callable[[], Any]) -> Response:
-    """Run ``work`` inside the global concurrency cap; a returned event stream keeps its slot until it ends."""
+async def _guarded(call: Call, user: str, work: Callable[[], Any]) -> Response:
+    """Run ``work`` inside the concurrency caps (global and ``user``'s); a returned event stream keeps its slot
+    until it ends."""
     gate = call.gateway.gate
-    gate.enter()
+    gate.enter(user)
     handed_over = False
     try:
         response: Response = await work()
@@ -192,7 +193,7 @@ async def _guarded(call: Call, work: Callable[[], Any]) -> Response:
         return response
     finally:
         if not handed_over:
-            gate.leave()
+            gate.leave(user)
 
 
 async def generate(call: Call, body: GenerateRequest, mode: Mode) -> Response:
@@ -227,7 +228,7 @@ async def generate(call: Call, body: GenerateRequest, mode: Mode) -> Response:
         headers.update(current.target.response_headers())
         return Response(content, headers=headers, media_type="application/json")
 
-    return await _guarded(call, work)
+    return await _guarded(call, user, work)
 
 
 async def openai(call: Call, body: CompletionRequest | ChatCompletionRequest, path: str) -> Response:
@@ -277,4 +278,4 @@ async def openai(call: Call, body: CompletionRequest | ChatCompletionRequest, pa
         headers = current.target.response_headers()
         return Response(json.dumps(data).encode(), headers=headers, media_type="application/json")
 
-    return await _guarded(call, work)
+    return await _guarded(call, user, work)

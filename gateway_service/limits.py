@@ -1,5 +1,6 @@
-"""Admission limits: per-user token buckets on requests and on generated tokens, and a global cap on
-concurrent requests that fails fast instead of queueing.
+"""Admission limits: per-user token buckets on requests and on generated tokens, and caps on requests in flight
+(all users together, and each user alone) that fail fast instead of queueing: without the per-user cap, one
+user's burst of slow streams could fill the engine's queue for everyone.
 
 The token bucket is charged after the fact, because a request's generated tokens are known only when it ends:
 a user may run into debt, and is refused (with the time until the debt is repaid as Retry-After) until the
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import Overloaded, RateLimited
+from .errors import Overloaded, RateLimited, TooManyInFlight
 
 __all__ = ["ConcurrencyGate", "TokenBucket", "UserLimiter"]
 
@@ -103,16 +104,29 @@ class UserLimiter:
 
 
 class ConcurrencyGate:
-    """At most ``limit`` requests inside at once; the next one is refused at once (503 overloaded)."""
+    """At most ``limit`` requests inside at once, and at most ``per_user`` of one user (0: no per-user cap); the
+    next one is refused at once: 429 too_many_in_flight for the user's cap, 503 overloaded for the global one."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_user: int = 0) -> None:
         self.limit = limit
+        self.per_user = per_user
         self.inside = 0
+        self._users: dict[str, int] = {}  # users with requests inside only: bounded by ``limit``
 
-    def enter(self) -> None:
+    def enter(self, user_id: str) -> None:
+        if self.per_user and self._users.get(user_id, 0) >= self.per_user:
+            raise TooManyInFlight(f"at most {self.per_user} requests of one user at once; wait for one to finish")
         if self.inside >= self.limit:
             raise Overloaded(f"the gateway is at its limit of {self.limit} concurrent requests")
         self.inside += 1
+        if self.per_user:
+            self._users[user_id] = self._users.get(user_id, 0) + 1
 
-    def leave(self) -> None:
+    def leave(self, user_id: str) -> None:
         self.inside -= 1
+        if self.per_user:
+            left = self._users[user_id] - 1
+            if left:
+                self._users[user_id] = left
+            else:
+                del self._users[user_id]

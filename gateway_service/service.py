@@ -99,7 +99,7 @@ class Gateway:
             settings.user_token_burst,
             on_limited=lambda limit: metrics.limited.labels(limit=limit).inc(),
         )
-        self.gate = ConcurrencyGate(settings.max_concurrent_requests)
+        self.gate = ConcurrencyGate(settings.max_concurrent_requests, settings.user_max_in_flight)
         timeout = httpx.Timeout(settings.upstream_timeout_s, connect=settings.connect_timeout_s)
         self.upstream = Upstream(transport, timeout, settings.retries, settings.retry_backoff_s, metrics)
         metrics.watch(self.pool.backends, lambda: self.gate.inside)

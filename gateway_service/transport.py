@@ -8,15 +8,20 @@ or the end of the connection. Clients keep httpx's API, timeouts and exception t
 
 Connections are kept per origin while idle and reused; one is dropped whenever its state is uncertain (an
 error, a cancellation, a body not read to the end, ``Connection: close``), so a half-read response can never
-leak into the next request. A reused connection that the server had already closed (keep-alive timeouts
-race with reuse) is retried once on a fresh one, before any byte of an answer, which is safe.
+leak into the next request. An idle connection is not reused after ``max_idle_s``: set below the backends'
+keep-alive timeout, the gateway gives a connection up before the server closes it, so the two never race. If
+a reused connection still fails before a single byte of an answer (the server closed it, or reset it, as the
+request went out), the request is sent again on another connection: the server never answered it, so it
+never processed it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -29,10 +34,11 @@ _MAX_HEAD_BYTES = 64 * 1024
 
 
 class _Conn:
-    __slots__ = ("reader", "writer")
+    __slots__ = ("idle_since", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.idle_since = 0.0
 
     def usable(self) -> bool:
         return not (self.reader.at_eof() or self.writer.is_closing())
@@ -114,17 +120,38 @@ class _Body(httpx.AsyncByteStream):
             conn.close()  # unread bytes or no framing: the connection cannot carry another request
 
 
+class _Unanswered(Exception):
+    """A reused connection failed before a single byte of the answer: the request may be sent again."""
+
+
 class StreamTransport(httpx.AsyncBaseTransport):
-    def __init__(self) -> None:
-        self._idle: dict[Origin, list[_Conn]] = {}
+    def __init__(self, max_idle_s: float = 4.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._idle: dict[Origin, deque[_Conn]] = {}
         self._ssl = ssl.create_default_context()
+        self._max_idle_s = max_idle_s
+        self._clock = clock
 
     def _release(self, origin: Origin, conn: _Conn) -> None:
-        idle = self._idle.setdefault(origin, [])
+        idle = self._idle.setdefault(origin, deque())
+        now = self._clock()
+        while idle and now - idle[0].idle_since > self._max_idle_s:  # the oldest first: give up the expired
+            idle.popleft().close()
         if len(idle) < _MAX_IDLE_PER_ORIGIN and conn.usable():
+            conn.idle_since = now
             idle.append(conn)
         else:
             conn.close()
+
+    def _reusable(self, origin: Origin) -> _Conn | None:
+        """The most recently used idle connection that is still open and young enough, if any."""
+        idle = self._idle.get(origin)
+        now = self._clock()
+        while idle:
+            conn = idle.pop()
+            if conn.usable() and now - conn.idle_since <= self._max_idle_s:
+                return conn
+            conn.close()
+        return None
 
     async def _connect(self, origin: Origin, request: httpx.Request) -> _Conn:
         scheme, host, port = origin
@@ -144,21 +171,16 @@ class StreamTransport(httpx.AsyncBaseTransport):
         head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
         head += [b"%s: %s\r\n" % (name, value) for name, value in request.headers.raw]
         payload = b"".join(head) + b"\r\n" + await request.aread()
-        idle = self._idle.get(origin)
-        while idle:
-            conn = idle.pop()
-            if conn.usable():
-                try:
-                    return await self._exchange(origin, conn, request, payload)
-                except httpx.RemoteProtocolError as e:
-                    if not getattr(e, "before_answer", False):
-                        raise
-                    # The server closed this idle connection as we reused it: nothing was processed.
-            else:
-                conn.close()
-        return await self._exchange(origin, await self._connect(origin, request), request, payload)
+        while (conn := self._reusable(origin)) is not None:
+            try:
+                return await self._exchange(origin, conn, request, payload, reused=True)
+            except _Unanswered:
+                continue  # the server closed or reset this idle connection as we reused it: nothing was processed
+        return await self._exchange(origin, await self._connect(origin, request), request, payload, reused=False)
 
-    async def _exchange(self, origin: Origin, conn: _Conn, request: httpx.Request, payload: bytes) -> httpx.Response:
+    async def _exchange(
+        self, origin: Origin, conn: _Conn, request: httpx.Request, payload: bytes, *, reused: bool
+    ) -> httpx.Response:
         try:
             conn.writer.write(payload)
             try:
@@ -167,16 +189,19 @@ class StreamTransport(httpx.AsyncBaseTransport):
             except TimeoutError as e:
                 raise httpx.WriteTimeout("sending the request timed out", request=request) from e
             except OSError as e:
+                if reused:
+                    raise _Unanswered from e
                 raise httpx.WriteError(str(e), request=request) from e
             async with _reading(request, "response head"):
-                try:
+                if reused:
+                    # The first byte on its own: a failure before it is one the request can be sent again after.
+                    try:
+                        first = await conn.reader.readexactly(1)
+                    except (asyncio.IncompleteReadError, ConnectionError) as e:
+                        raise _Unanswered from e
+                    raw = first + await conn.reader.readuntil(b"\r\n\r\n")
+                else:
                     raw = await conn.reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError as e:
-                    if not e.partial:
-                        closed = httpx.RemoteProtocolError("the server closed the connection", request=request)
-                        closed.before_answer = True  # type: ignore[attr-defined]
-                        raise closed from e
-                    raise
             return self._response(origin, conn, request, raw)
         except BaseException:
             conn.close()  # whatever happened, this connection's state is unknown now

@@ -29,7 +29,9 @@ GENERATION_ERRORS = _responses(
         413: "request_too_large: the body is over the gateway's limit",
         422: "validation: a bad field (the gateway's or the backend's)",
         424: "generation: the backend could not load the adapter or generate (passed through)",
-        429: "rate_limited: the user's request or token budget is spent (Retry-After); or the backend's overloaded",
+        408: "request_timeout: the request body did not arrive in time",
+        429: "rate_limited: the user's request or token budget is spent; too_many_in_flight: the user has too many "
+        "requests inside at once (both with Retry-After); or the backend's overloaded",
         503: "overloaded (Retry-After), no_backend or store_unavailable",
         504: "upstream_timeout: the backend did not answer in time",
     }

@@ -13,7 +13,14 @@ import pytest
 from gateway_support import publish
 
 from gateway_service.caching import Entry, TtlCache
-from gateway_service.errors import AdapterNotFound, InvalidRequest, NoBackend, Overloaded, RateLimited
+from gateway_service.errors import (
+    AdapterNotFound,
+    InvalidRequest,
+    NoBackend,
+    Overloaded,
+    RateLimited,
+    TooManyInFlight,
+)
 from gateway_service.keys import KeyCache
 from gateway_service.limits import ConcurrencyGate, UserLimiter
 from gateway_service.metrics import GatewayMetrics
@@ -96,12 +103,29 @@ def test_token_buckets_refill_charge_after_the_fact_and_say_when_to_retry() -> N
 
 def test_concurrency_gate_fails_fast() -> None:
     gate = ConcurrencyGate(2)
-    gate.enter()
-    gate.enter()
+    gate.enter("a")
+    gate.enter("a")
     with pytest.raises(Overloaded):
-        gate.enter()
-    gate.leave()
-    gate.enter()
+        gate.enter("b")
+    gate.leave("a")
+    gate.enter("b")
+
+
+def test_one_user_cannot_hold_more_than_its_share_of_the_gate() -> None:
+    gate = ConcurrencyGate(4, per_user=2)
+    gate.enter("a")
+    gate.enter("a")
+    with pytest.raises(TooManyInFlight) as refused:
+        gate.enter("a")
+    assert (refused.value.status, refused.value.error_type) == (429, "too_many_in_flight")
+    assert refused.value.headers["Retry-After"] == "1" and gate.inside == 2
+    gate.enter("b")  # another user still gets in
+    gate.leave("a")
+    gate.enter("a")  # a finished request frees the user's slot
+    gate.leave("a")
+    gate.leave("a")
+    gate.leave("b")
+    assert gate.inside == 0 and not gate._users  # nobody inside: nothing kept per user
 
 
 def test_a_load_begun_before_an_invalidation_is_not_kept() -> None:

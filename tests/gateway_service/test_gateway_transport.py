@@ -1,11 +1,13 @@
 """The gateway's HTTP/1.1 transport against a scripted server: the three body framings, connection reuse, a
-keep-alive connection the server closed, a body left unread, and httpx's exceptions for failures."""
+keep-alive connection the server closed or reset, idle connections given up before the server's keep-alive
+ends, a body left unread, and httpx's exceptions for failures."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+import struct
 from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
@@ -94,6 +96,49 @@ def test_a_closed_idle_connection_is_replaced_and_an_unread_body_is_not_reused()
                 assert r.status_code == 200  # body left unread: this connection must not be reused
             assert (await client.post(url, content=b"")).content == b"ok"
         assert connections == [2, 2, 1]
+
+    _run(reply, scenario)
+
+
+def test_a_reused_connection_reset_before_any_answer_is_replaced() -> None:
+    async def reply(writer: asyncio.StreamWriter, n: int) -> bool:
+        if n == 2:  # a keep-alive connection reset (not closed) as a request arrives on it
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return False
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        return True
+
+    async def scenario(url: str, connections: list[int]) -> None:
+        async with _client() as client:
+            assert (await client.post(url, content=b"")).content == b"ok"
+            assert (await client.post(url, content=b"")).content == b"ok"  # sent again on a fresh connection
+        assert connections == [2, 1]
+
+    _run(reply, scenario)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_idle_connections_are_given_up_before_the_servers_keep_alive_ends() -> None:
+    async def reply(writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        return True
+
+    async def scenario(url: str, connections: list[int]) -> None:
+        clock = FakeClock()
+        async with httpx.AsyncClient(transport=StreamTransport(max_idle_s=4.0, clock=clock)) as client:
+            await client.get(url)
+            clock.now += 3.9
+            await client.get(url)  # idle 3.9 s: reused
+            clock.now += 4.1
+            await client.get(url)  # idle 4.1 s: a new connection, though the server still holds the old one
+        assert connections == [2, 1]
 
     _run(reply, scenario)
 
