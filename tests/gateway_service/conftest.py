@@ -100,6 +100,8 @@ def stub_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deploymen
         "SOPPU_GATEWAY_MAX_NEW_TOKENS_CAP": "16",
         "SOPPU_GATEWAY_MAX_BODY_BYTES": "4096",
         "SOPPU_GATEWAY_MAX_CONCURRENT_REQUESTS": "3",
+        "SOPPU_GATEWAY_USER_MAX_IN_FLIGHT": "2",
+        "SOPPU_GATEWAY_BODY_TIMEOUT_S": "2",
     }
     backends = [{"url": stubs[0].url, "kind": "engine"}, {"url": stubs[1].url, "kind": "lorax"}]
     try:

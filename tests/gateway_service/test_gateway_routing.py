@@ -1,10 +1,12 @@
 """The gateway in front of two stub backends that record what they receive (``bench/_stub_backend.py``): what is
-forwarded and what never is, limits, retries, stream errors, cancellation, failover. One backend is declared
-``engine``, the other ``lorax``; both answer with the adapter id they were given."""
+forwarded and what never is, limits (per user, in flight, body size and deadline), retries, stream errors,
+cancellation, failover. One backend is declared ``engine``, the other ``lorax``; both answer with the adapter id
+they were given."""
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -171,6 +173,55 @@ def test_client_disconnect_cancels_the_upstream_and_the_concurrency_cap(stub_gat
             for s in streams:
                 s.__exit__(None, None, None)
         _wait_for(lambda: _post(gw, "u12").status_code == 200)
+
+
+def test_one_user_cannot_hold_more_than_its_in_flight_cap(stub_gateway: Deployment) -> None:
+    gw = stub_gateway
+    body = {"inputs": "stub:slow"}
+    with httpx.Client(timeout=30) as client:
+        streams = [
+            client.stream("POST", f"{gw.url}/generate_stream", json=body, headers=gw.headers("u13")) for _ in range(2)
+        ]
+        opened = [s.__enter__() for s in streams]
+        try:
+            assert all(o.status_code == 200 for o in opened)
+            r = _post(gw, "u13")  # a third request of the same user while two are inside (the cap here is 2)
+            assert (r.status_code, r.json()["error_type"]) == (429, "too_many_in_flight"), r.text
+            assert r.headers["retry-after"] == "1"
+            assert _post(gw, "u15").status_code == 200  # other users are served meanwhile
+        finally:
+            for s in streams:
+                s.__exit__(None, None, None)
+        _wait_for(lambda: _post(gw, "u13").status_code == 200)  # the slots come back when the streams end
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_stalled_body_gets_408_and_the_others_are_served_meanwhile(stub_gateway: Deployment) -> None:
+    gw = stub_gateway
+    host, port = gw.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /generate HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {gw.keys['u00']}\r\ncontent-length: 100\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=30) as stalled:  # timeout: a hang guard only
+        stalled.sendall(head.encode() + b'{"inputs": ')  # the head, a tenth of the body, then nothing
+        for user in ("u02", "u05"):
+            assert _post(gw, user).status_code == 200
+        answer = _read_all(stalled)  # the whole answer, then the server closes the connection
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 408 Request Timeout", answer
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["error_type"] == "request_timeout"
+    assert b"connection: close" in rest.lower()
+    too_large = httpx.post(
+        f"{gw.url}/generate", content=(b"x" * 1024 for _ in range(8)), headers=gw.headers("u00")
+    )  # chunked, no length: counted as it arrives (the cap here is 4096)
+    assert (too_large.status_code, too_large.json()["error_type"]) == (413, "request_too_large")
 
 
 def test_failover_then_no_backend(stub_gateway: Deployment, tmp_path: Path) -> None:
