@@ -15,9 +15,11 @@ Roles: ``admin`` (everything), ``service`` (an application backend acting for an
 ``user_id``). Secrets never leave this module except in the one response that issues them; records and
 principals carry only the key id.
 
-A key issued while its user is being deleted must not outlive the deletion: :meth:`KeyRing.issue` writes the
-index entry first and the record second, then checks that the index entry is still there; a deletion that
-revoked or swept it meanwhile makes the issue undo its record and fail with ``not_found``.
+A key issued while its user is being deleted must not outlive the deletion. :meth:`KeyRing.issue` writes the
+index entry first and the record second, then checks that the index entry is still there and that no deletion
+of the user is under way (``deleting``: the compressor reads the user's tombstone); if either fails, it removes
+what it wrote and raises :class:`UserDeleted` (``user_deleted``). Either the deletion began after those checks,
+so its revocation lists the index entry, or the issue sees it and withdraws: no order of the two leaves a key.
 """
 
 from __future__ import annotations
@@ -36,15 +38,21 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
-from soppu.errors import InvalidName, ObjectNotFound
+from soppu.errors import InvalidName, ObjectNotFound, SoppuError
 from soppu.store.base import ObjectStore
 from soppu.store.layout import check_name, key_index_key, key_index_prefix, key_record_key
 
-__all__ = ["KEY_PREFIX", "KeyRecord", "KeyRing", "Principal", "Role", "format_key", "parse_key"]
+__all__ = ["KEY_PREFIX", "KeyRecord", "KeyRing", "Principal", "Role", "UserDeleted", "format_key", "parse_key"]
 
 KEY_PREFIX = "sk-soppu-"
 _KEY = re.compile(re.escape(KEY_PREFIX) + r"([0-9a-f]{16})\.([A-Za-z0-9_-]{43})([0-9a-f]{8})")
 _SECRET_BYTES = 32  # token_urlsafe(32): always 43 characters
+
+
+class UserDeleted(SoppuError):
+    """The user was being deleted while a key was issued for it; nothing of the key was kept."""
+
+    code = "user_deleted"
 
 
 class Role(StrEnum):
@@ -152,7 +160,8 @@ class KeyRing:
     """Keys stored in ``store``; ``admin_key`` (if set) authenticates as admin without a record.
 
     Ids the store did not hold are remembered for ``unknown_ttl_s`` (0: not at all, for a caller that caches
-    refusals itself); known keys are never cached here, so a revocation holds at once."""
+    refusals itself); known keys are never cached here, so a revocation holds at once. ``deleting(user_id)``
+    says whether a deletion of that user is under way (default: never)."""
 
     def __init__(
         self,
@@ -162,14 +171,16 @@ class KeyRing:
         unknown_ttl_s: float = 60.0,
         max_unknown: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        deleting: Callable[[str], bool] = lambda _: False,
     ) -> None:
         self._store = store
+        self._deleting = deleting
         self._admin_key = admin_key or None
         self._unknown = _UnknownIds(unknown_ttl_s, max_unknown, clock)
 
     def issue(self, role: Role, user_id: str | None = None) -> tuple[str, KeyRecord]:
-        """A new key: (the plaintext, shown once; its record, stored hashed). ``not_found`` when ``user_id``
-        was deleted while its key was being written."""
+        """A new key: (the plaintext, shown once; its record, stored hashed). :class:`UserDeleted` when a
+        deletion of ``user_id`` ran while the key was being written."""
         if role is Role.USER:
             check_name(user_id or "", "user_id")
         elif user_id is not None:
@@ -182,11 +193,12 @@ class KeyRing:
             self._store.put(key_index_key(user_id, key_id), b"{}", create_only=True)
         self._store.put(key_record_key(key_id), record.to_json(), create_only=True)
         self._unknown.discard(key_id)
-        if user_id is not None and not self._store.exists(key_index_key(user_id, key_id)):
-            # A deletion of this user revoked or swept the index entry between the two puts: the record it
-            # could not see must go too, or the key would outlive its user.
+        if user_id is not None and (not self._store.exists(key_index_key(user_id, key_id)) or self._deleting(user_id)):
+            # A deletion of this user is under way, or revoked or swept the index entry between the two puts:
+            # a record it may not have seen must go too, or the key would outlive its user.
             self._store.delete(key_record_key(key_id))
-            raise ObjectNotFound(f"user {user_id!r} was deleted while a key was being issued for it")
+            self._store.delete(key_index_key(user_id, key_id))
+            raise UserDeleted(f"user {user_id!r} is being deleted; no key was issued")
         return format_key(key_id, secret), record
 
     def admin(self, presented: str) -> Principal | None:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from soppu.auth import KeyRing, Role, format_key, parse_key
-from soppu.errors import ObjectNotFound
+from soppu.auth import KeyRing, Role, UserDeleted, format_key, parse_key
 from soppu.store import LocalStore
 from soppu.store.base import ObjectInfo, StoredObject
 from soppu.store.layout import key_index_prefix, key_record_key
@@ -102,8 +101,22 @@ def test_a_key_issued_while_its_user_is_deleted_does_not_survive(tmp_path: Path,
     store = CountingStore(tmp_path)
     ring = KeyRing(store)
     store.after_put = (between, lambda: _delete_user(ring, store, "alice"))  # the deletion runs mid-issue
-    with pytest.raises(ObjectNotFound, match="deleted"):
+    with pytest.raises(UserDeleted, match="being deleted"):
         ring.issue(Role.USER, "alice")
     assert list(store.list("keys/")) == [] and list(store.list(key_index_prefix("alice"))) == []
     key, record = ring.issue(Role.USER, "alice")  # afterwards the id is a new user's
     assert ring.authenticate(key) == record.principal and store.exists(key_record_key(record.key_id))
+
+
+def test_a_key_issued_while_a_deletion_is_under_way_is_withdrawn(tmp_path: Path) -> None:
+    # The deletion has begun (its tombstone says so) but has not reached the keys yet: the index entry is still
+    # there when the issue checks, and a later sweep would leave the record behind. The issue must withdraw.
+    store = LocalStore(tmp_path)
+    deleting = {"alice"}
+    ring = KeyRing(store, deleting=deleting.__contains__)
+    with pytest.raises(UserDeleted) as refused:
+        ring.issue(Role.USER, "alice")
+    assert refused.value.code == "user_deleted"
+    assert list(store.list("keys/")) == [] and list(store.list(key_index_prefix("alice"))) == []
+    assert ring.issue(Role.USER, "bob")[1].user_id == "bob"
+    assert ring.issue(Role.SERVICE)[1].user_id is None  # a service key belongs to no user
