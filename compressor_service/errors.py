@@ -11,6 +11,7 @@ code                                                                        stat
 ``forbidden`` (a key without the right to this user or action)               403
 ``not_found`` ``cohort_not_found``                                           404
 ``idempotency_conflict`` (the Idempotency-Key was used with another body)    409
+``user_deleted`` (the user is being deleted; the upload was not stored)
 ``too_large`` (body, file, archive or unpacked contents over a limit)        413
 ``not_safetensors`` ``pickle_rejected`` ``unsupported_media_type``           415    (not a kind of file we take)
 ``bad_config`` ``shape_mismatch`` ``missing_tensor`` ``unexpected_tensor``   422    (well formed, but not an
@@ -48,6 +49,7 @@ STATUS: dict[str, int] = {
     "cohort_not_found": 404,
     "method_not_allowed": 405,
     "idempotency_conflict": 409,
+    "user_deleted": 409,
     "too_large": 413,
     **dict.fromkeys(("not_safetensors", "pickle_rejected", "unsupported_media_type"), 415),
     **dict.fromkeys(

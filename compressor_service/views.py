@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from soppu.adapter import Limits
-from soppu.auth import KeyRing
+from soppu.auth import KeyRing, Principal, Role
 from soppu.errors import InvalidName, ObjectNotFound
 from soppu.registry import JobRecord, JobState
-from soppu.registry.catalog import delete_adapter, delete_user, list_adapters
+from soppu.registry.catalog import delete_adapter, delete_user, list_adapters, user_is_deleting
 from soppu.registry.pipeline import Pipeline
-from soppu.registry.versions import accept_upload
+from soppu.registry.versions import accept_upload, withdraw_upload
 from soppu.store import ObjectStore
 from soppu.store.layout import AdapterVersion, check_name, parse_version
 from soppu.verify.plot import plot_module_errors
@@ -63,15 +63,35 @@ def accept(
     content_type: str,
     workdir: Path,
     idempotency: str | None,
+    keys: KeyRing,
+    principal: Principal,
 ) -> tuple[JobRecord, bool]:
     """Parse and validate the multipart body, then store the original and its queued job (nothing is stored
-    unless every check passed). (the job, whether it is new): not new for a repeated Idempotency-Key."""
+    unless every check passed). (the job, whether it is new): not new for a repeated Idempotency-Key. An upload
+    that a deletion of its user (or the revocation of its key) overtook while its body streamed is withdrawn."""
     if idempotency is not None and not 0 < len(idempotency) <= _MAX_IDEMPOTENCY_KEY:
         raise ApiError("bad_request", f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters")
     form = parse_form(body, content_type, workdir, limits.max_archive_members)
     name = check_name(form.fields.get(NAME_FIELD, DEFAULT_ADAPTER), "adapter")
     files, _adapter = collect(form, limits)
-    return accept_upload(store, user_id, name, files, idempotency)
+    job, is_new = accept_upload(store, user_id, name, files, idempotency)
+    refusal = _deleted_meanwhile(store, keys, principal, user_id)
+    if refusal is not None:
+        if is_new:
+            withdraw_upload(store, AdapterVersion.from_job_id(job.job_id), idempotency)
+        raise refusal
+    return job, is_new
+
+
+def _deleted_meanwhile(store: ObjectStore, keys: KeyRing, principal: Principal, user_id: str) -> ApiError | None:
+    """Checked after the upload is stored, never before: a deletion that begins later than this check finds the
+    stored objects and erases them, and one that began earlier is seen here, so an upload is either erased with
+    its user or refused, never left behind (the bucket's reads are strongly consistent)."""
+    if user_is_deleting(store, user_id):
+        return ApiError("user_deleted", f"user {user_id!r} is being deleted; nothing was stored")
+    if principal.role is Role.USER and keys.get(principal.key_id) is None:
+        return ApiError("unauthorized", "the API key was revoked while the upload was in flight; nothing was stored")
+    return None
 
 
 def _job_status(job: JobRecord) -> JobStatus:

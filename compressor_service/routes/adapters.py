@@ -18,7 +18,7 @@ from soppu.registry import JobState
 from soppu.store.layout import AdapterVersion, check_name
 
 from ..access import Action, authorize
-from ..deps import MetricsDep, NotifierDep, PipelineDep, PrincipalDep, RunnerDep, SettingsDep, StoreDep
+from ..deps import KeysDep, MetricsDep, NotifierDep, PipelineDep, PrincipalDep, RunnerDep, SettingsDep, StoreDep
 from ..errors import ApiError
 from ..schemas import AdapterDeleted, UploadAccepted, UserAdapters
 from ..uploads import check_content_type, spool_body
@@ -66,7 +66,7 @@ _UPLOAD_BODY: dict[str, Any] = {
     "/v1/users/{user_id}/adapters",
     status_code=202,
     summary="Upload an adapter: validated, stored as a new version, compressed by a background job",
-    responses=errors(400, 401, 403, 409, 413, 415, 422),
+    responses=errors(400, 401, 403, 409, 413, 415, 422, 503),
     openapi_extra=_UPLOAD_BODY,
 )
 async def upload_adapter(
@@ -74,6 +74,7 @@ async def upload_adapter(
     request: Request,
     principal: PrincipalDep,
     store: StoreDep,
+    keys: KeysDep,
     runner: RunnerDep,
     settings: SettingsDep,
     metrics: MetricsDep,
@@ -94,7 +95,16 @@ async def upload_adapter(
         ):
             size = await spool_body(request, body, settings.max_upload_bytes)
             job, is_new = await asyncio.to_thread(
-                accept, store, settings.limits(), user_id, body, content_type, Path(workdir), idempotency_key
+                accept,
+                store,
+                settings.limits(),
+                user_id,
+                body,
+                content_type,
+                Path(workdir),
+                idempotency_key,
+                keys,
+                principal,
             )
     except (SoppuError, ApiError) as e:
         metrics.rejections.labels(code=e.code).inc()

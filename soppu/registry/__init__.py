@@ -10,6 +10,16 @@ from soppu.registry.records import (
     Manifest,
     Pointer,
     ServedFrom,
+    Tombstone,
 )
 
-__all__ = ["CohortState", "IdempotencyRecord", "JobRecord", "JobState", "Manifest", "Pointer", "ServedFrom"]
+__all__ = [
+    "CohortState",
+    "IdempotencyRecord",
+    "JobRecord",
+    "JobState",
+    "Manifest",
+    "Pointer",
+    "ServedFrom",
+    "Tombstone",
+]

@@ -8,7 +8,8 @@ from typing import Any
 from soppu.auth import KeyRing
 from soppu.errors import ObjectNotFound
 from soppu.registry.pipeline import Pipeline, member_key
-from soppu.registry.records import JobRecord, JobState, Manifest, Pointer
+from soppu.registry.records import JobRecord, JobState, Manifest, Pointer, Tombstone, now
+from soppu.registry.versions import latest_version, read_tombstone
 from soppu.store.base import ObjectStore
 from soppu.store.layout import (
     COHORTS,
@@ -18,10 +19,19 @@ from soppu.store.layout import (
     adapter_prefixes,
     check_name,
     pointer_key,
+    tombstone_key,
     user_prefixes,
 )
 
-__all__ = ["delete_adapter", "delete_user", "list_adapters", "pending_jobs", "read_manifest", "read_pointer"]
+__all__ = [
+    "delete_adapter",
+    "delete_user",
+    "list_adapters",
+    "pending_jobs",
+    "read_manifest",
+    "read_pointer",
+    "user_is_deleting",
+]
 
 
 def read_pointer(store: ObjectStore, user_id: str, adapter: str) -> Pointer | None:
@@ -100,22 +110,58 @@ def _leave_cohorts(pipeline: Pipeline, user_id: str, adapters: list[str]) -> lis
             else:
                 if state.basis_key:
                     store.delete(state.basis_key)
-                store.delete(info.key)
+                # The state stays, empty: its basis_version is the high-water mark, so a later cohort of the
+                # same name never writes other bytes under a basis key an engine may have cached.
+                state.basis_key, state.needs_refit = None, False
+                pipeline.save_cohort(state)
                 refits.append({"cohort": cohort, "retired": True})
     return refits
 
 
+def _remember_versions(store: ObjectStore, user_id: str, tombstone: Tombstone, adapters: list[str]) -> None:
+    # Read just before the objects go, so a version an upload claimed meanwhile is counted too.
+    for adapter in adapters:
+        tombstone.remember(adapter, latest_version(store, user_id, adapter))
+
+
+def _save_tombstone(store: ObjectStore, user_id: str, tombstone: Tombstone) -> None:
+    tombstone.updated_at = now()
+    store.put(tombstone_key(user_id), tombstone.to_json())
+
+
 def delete_adapter(pipeline: Pipeline, user_id: str, adapter: str) -> dict[str, Any]:
-    if adapter not in _adapter_names(pipeline.store, user_id):
+    store = pipeline.store
+    if adapter not in _adapter_names(store, user_id):
         raise ObjectNotFound(f"user {user_id!r} has no adapter {adapter!r}")
     refits = _leave_cohorts(pipeline, user_id, [adapter])
-    removed = [key for prefix in adapter_prefixes(user_id, adapter) for key in pipeline.store.delete_prefix(prefix)]
+    tombstone = read_tombstone(store, user_id)
+    _remember_versions(store, user_id, tombstone, [adapter])
+    _save_tombstone(store, user_id, tombstone)  # before the objects go: a later upload numbers past them
+    removed = [key for prefix in adapter_prefixes(user_id, adapter) for key in store.delete_prefix(prefix)]
     return {"removed": sorted(removed), "refits": refits}
 
 
 def delete_user(pipeline: Pipeline, keys: KeyRing, user_id: str) -> dict[str, Any]:
-    adapters = _adapter_names(pipeline.store, user_id)
+    """Erase the user. The tombstone says ``deleting`` from the first step to the last, and an upload or a key
+    issue that finds it so withdraws what it stored (see :func:`user_is_deleting`); it also keeps every
+    adapter's last version, so the user's version ids are never given to other bytes."""
+    store = pipeline.store
+    tombstone = read_tombstone(store, user_id)
+    tombstone.deleting = True
+    _save_tombstone(store, user_id, tombstone)
     revoked = keys.revoke_user(user_id)  # first: the user can do nothing while the rest goes
+    adapters = _adapter_names(store, user_id)
     refits = _leave_cohorts(pipeline, user_id, adapters)
-    removed = [key for prefix in user_prefixes(user_id) for key in pipeline.store.delete_prefix(prefix)]
+    _remember_versions(store, user_id, tombstone, _adapter_names(store, user_id))
+    _save_tombstone(store, user_id, tombstone)
+    removed = [key for prefix in user_prefixes(user_id) for key in store.delete_prefix(prefix)]
+    # Again at the end: a key issued while this ran (its index entry written after the first pass) goes too.
+    revoked += [key_id for key_id in keys.revoke_user(user_id) if key_id not in revoked]
+    tombstone.deleting, tombstone.deleted_at = False, now()
+    _save_tombstone(store, user_id, tombstone)
     return {"removed": sorted(removed), "revoked_keys": revoked, "refits": refits}
+
+
+def user_is_deleting(store: ObjectStore, user_id: str) -> bool:
+    """Whether a deletion of ``user_id`` is under way (or was interrupted: a repeated DELETE finishes it)."""
+    return read_tombstone(store, user_id).deleting

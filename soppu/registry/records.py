@@ -21,6 +21,8 @@ import json
 from enum import StrEnum
 from typing import Any, Self
 
+from soppu.store.layout import name_digest
+
 __all__ = ["CohortState", "IdempotencyRecord", "JobRecord", "JobState", "Manifest", "Pointer", "ServedFrom", "now"]
 
 
@@ -105,6 +107,25 @@ class CohortState(_Record):
     needs_refit: bool = False
     pending: list[str] = dataclasses.field(default_factory=list)  # members served from originals until a refit
     updated_at: str = dataclasses.field(default_factory=now)
+
+
+@dataclasses.dataclass
+class Tombstone(_Record):
+    """What deletions leave of a user (``tombstones/{user_digest}.json``, never deleted itself): the last version
+    number of every deleted adapter, so no version id (and no ``exports/`` key LoRAX caches forever) is ever
+    reused, and whether a deletion of the whole user is under way, which uploads and key issues must not pass.
+    Adapter names appear only as digests: nothing left behind names the user or their adapters."""
+
+    last_versions: dict[str, int] = dataclasses.field(default_factory=dict)  # name_digest(adapter) -> version
+    deleting: bool = False
+    deleted_at: str | None = None  # the last completed deletion of the whole user
+    updated_at: str = dataclasses.field(default_factory=now)
+
+    def last_version(self, adapter: str) -> int:
+        return self.last_versions.get(name_digest(adapter), 0)
+
+    def remember(self, adapter: str, version: int) -> None:
+        self.last_versions[name_digest(adapter)] = max(self.last_version(adapter), version)
 
 
 @dataclasses.dataclass

@@ -4,6 +4,8 @@ Idempotency-Key record, all before the service acknowledges anything.
 Version numbers are claimed with a create-only put of the version's original config, so two concurrent
 uploads (even through two service processes) can never get the same number; the later claim gets the higher
 number, and since the pointer only moves forward, the current version is the later acknowledged upload.
+Numbering starts past the last version a deleted adapter of the same name had (its tombstone), so an id is
+never given to other bytes.
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ import hashlib
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME
 from soppu.errors import ObjectExists, ObjectNotFound, SoppuError, StoreError
 from soppu.peft_files import PROBES_NAME
-from soppu.registry.records import IdempotencyRecord, JobRecord
+from soppu.registry.records import IdempotencyRecord, JobRecord, Tombstone
 from soppu.store.base import ObjectStore
-from soppu.store.layout import AdapterVersion, idempotency_key, parse_version
+from soppu.store.layout import AdapterVersion, idempotency_key, parse_version, tombstone_key
 
-__all__ = ["IdempotencyConflict", "accept_upload", "allocate_version", "body_digest", "latest_version"]
+__all__ = [
+    "IdempotencyConflict",
+    "accept_upload",
+    "allocate_version",
+    "body_digest",
+    "latest_version",
+    "read_tombstone",
+    "withdraw_upload",
+]
 
 _MAX_CLAIMS = 100
 
@@ -42,12 +52,21 @@ def latest_version(store: ObjectStore, user_id: str, adapter: str) -> int:
     return max(versions, default=0)
 
 
+def read_tombstone(store: ObjectStore, user_id: str) -> Tombstone:
+    """The user's tombstone; an empty one when nothing of theirs was ever deleted."""
+    try:
+        return Tombstone.from_json(store.get(tombstone_key(user_id)).data)
+    except ObjectNotFound:
+        return Tombstone()
+
+
 def allocate_version(
     store: ObjectStore, user_id: str, adapter: str, files: dict[str, bytes], *, kind: str = "upload"
 ) -> AdapterVersion:
     """Claim the next version, store the original (with its probes, if ``files`` has them) under it and write
     its queued job record."""
-    number = latest_version(store, user_id, adapter) + 1
+    deleted = read_tombstone(store, user_id).last_version(adapter)
+    number = max(latest_version(store, user_id, adapter), deleted) + 1
     for _ in range(_MAX_CLAIMS):
         version = AdapterVersion(user_id, adapter, number)
         config_key, weights_key = version.original_keys()
@@ -97,10 +116,18 @@ def accept_upload(
             # A concurrent request with the same key won the race: its job is the answer; ours is withdrawn.
             winner = _existing(store, record_key, digest)
             if winner is not None and winner.job_id != job.job_id:
-                for key in (*version.original_keys(), version.probes_key, version.job_key):
-                    store.delete(key)
+                withdraw_upload(store, version)
                 return winner, False
     return job, True
+
+
+def withdraw_upload(store: ObjectStore, version: AdapterVersion, idempotency: str | None = None) -> None:
+    """Delete what :func:`accept_upload` stored for an upload that must not stand (before it was acknowledged)."""
+    keys = [*version.original_keys(), version.probes_key, version.job_key]
+    if idempotency is not None:
+        keys.append(idempotency_key(version.user_id, version.adapter, idempotency))
+    for key in keys:
+        store.delete(key)
 
 
 def _existing(store: ObjectStore, record_key: str, digest: str) -> JobRecord | None:

@@ -14,6 +14,7 @@ key                                                          what
 ``jobs/{user}/{adapter}/{version}.json``                       the compression job of one upload (state, report)
 ``idempotency/{user}/{adapter}/{digest}.json``                 an upload's Idempotency-Key -> its job
 ``cohorts/{cohort}/state.json``                                a cohort's members, current basis, refit flag
+``tombstones/{user_digest}.json``                              what deletions leave: last versions, deletion state
 ``keys/{key_id}.json``                                         an API key record (role, user, SHA-256 of the secret)
 ``key-index/{user}/{key_id}``                                  a user's keys, so deleting the user revokes them
 ===========================================================  =====================================================
@@ -25,8 +26,10 @@ caches by key forever (see ``lorax/README.md``):
 1. **No adapter prefix is a prefix of another.** User ids and adapter names cannot contain ``/`` and the final
    component has a fixed length, so ``exports/u1/default/v00000001`` never matches ``.../v000000010`` or
    ``exports/u10/...``; only the two PEFT files live under it.
-2. **Nothing is overwritten.** A new version gets a new key; exports, cores, originals and bases are written
-   with create-only puts. Only ``current.json`` is replaced, and LoRAX never reads it.
+2. **Nothing is overwritten, and no key is reused.** A new version gets a new key; exports, cores, originals
+   and bases are written with create-only puts. Only ``current.json`` is replaced, and LoRAX never reads it.
+   Deleting an adapter or a user leaves its last version number in ``tombstones/`` and a retired cohort keeps
+   its ``state.json``, so version and basis numbers carry on past a deletion instead of starting again.
 
 Data is grouped by kind first so that one read-only policy on ``exports/`` is all LoRAX needs; deleting a user
 therefore walks :func:`user_prefixes`.
@@ -54,9 +57,11 @@ __all__ = [
     "key_index_key",
     "key_index_prefix",
     "key_record_key",
+    "name_digest",
     "parse_version",
     "pointer_key",
     "relative_ref",
+    "tombstone_key",
     "user_prefixes",
 ]
 
@@ -72,6 +77,7 @@ POINTER_NAME = "current.json"
 JOBS = "jobs"
 IDEMPOTENCY = "idempotency"
 COHORTS = "cohorts"
+TOMBSTONES = "tombstones"
 KEYS = "keys"
 KEY_INDEX = "key-index"
 
@@ -88,6 +94,7 @@ LAYOUT: tuple[str, ...] = (
     f"{JOBS}/{{user}}/{{adapter}}/{{version}}.json",
     f"{IDEMPOTENCY}/{{user}}/{{adapter}}/{{digest}}.json",
     f"{COHORTS}/{{cohort}}/state.json",
+    f"{TOMBSTONES}/{{user_digest}}.json",
     f"{KEYS}/{{key_id}}.json",
     f"{KEY_INDEX}/{{user}}/{{key_id}}",
 )
@@ -233,6 +240,16 @@ def idempotency_key(user_id: str, adapter: str, idempotency: str) -> str:
     """Scoped to one adapter: the same key sent for two adapter names is two uploads."""
     digest = hashlib.sha256(idempotency.encode()).hexdigest()[:32]
     return f"{IDEMPOTENCY}/{check_name(user_id, 'user_id')}/{check_name(adapter, 'adapter name')}/{digest}.json"
+
+
+def name_digest(name: str) -> str:
+    """A name as it may survive its owner's deletion: a SHA-256 prefix, so no record left behind names them."""
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def tombstone_key(user_id: str) -> str:
+    """Outside :func:`user_prefixes`: deleting the user leaves it behind, named by a digest."""
+    return f"{TOMBSTONES}/{name_digest(check_name(user_id, 'user_id'))}.json"
 
 
 def cohort_state_key(cohort: str) -> str:

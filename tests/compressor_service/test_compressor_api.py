@@ -23,6 +23,7 @@ from compressor_client import (
     Compressor,
     adapter_files,
     file_parts,
+    multipart,
     upload,
     wait_for_job,
     wait_until_idle,
@@ -251,6 +252,49 @@ def test_two_concurrent_uploads_are_both_recorded_and_the_later_one_is_current(
     assert current.version >= 2  # the later upload, or a refit of it
     original = compressor.store.get(f"originals/carol/default/v{current.version:08d}/{WEIGHTS_NAME}").data
     assert original == dict((n, d) for n, _, d in later)[WEIGHTS_NAME]
+
+
+def _paused_upload(
+    compressor: Compressor,
+    key: str,
+    user_id: str,
+    parts: list[tuple[str, str | None, bytes]],
+    started: threading.Event,
+    go: threading.Event,
+) -> httpx.Response:
+    """Upload whose body stops halfway until ``go`` is set (the service is still reading it meanwhile)."""
+    body, content_type = multipart(parts)
+
+    def stream() -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        started.set()  # the headers (and so the key) and half the body are on their way
+        assert go.wait(60)
+        yield body[len(body) // 2 :]
+
+    with compressor.client(key, timeout=90) as client:
+        headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
+        return client.post(f"/v1/users/{user_id}/adapters", content=stream(), headers=headers)
+
+
+def test_an_upload_still_streaming_when_its_user_is_deleted_is_refused_and_leaves_nothing(
+    compressor: Compressor, users: list[dict[str, Any]]
+) -> None:
+    # Issue 13 item 4: the deletion revoked the key, yet the upload then answered 202 and stored its objects.
+    user = "leaving-4c1d"
+    with compressor.client() as admin:
+        key = admin.post(f"/v1/users/{user}/keys").json()["key"]
+    parts = file_parts(adapter_files(users[0]["dir"]))
+    started, go = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_paused_upload, compressor, key, user, parts, started, go)
+        assert started.wait(60)
+        with compressor.client() as admin:
+            assert admin.delete(f"/v1/users/{user}").status_code == 200
+        go.set()
+        response = pending.result()
+    assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized", response.text
+    left = compressor.keys()
+    assert not [k for k in left if user in k]
 
 
 def test_deleting_a_user_leaves_no_object_of_theirs(

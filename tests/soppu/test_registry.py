@@ -141,6 +141,53 @@ def test_deleting_a_user_leaves_nothing_of_theirs(store: ObjectStore, uploads) -
         assert list_adapters(store, user)[0]["current_version"] is not None
 
 
+def test_version_and_basis_ids_are_never_reused_after_a_deletion(store: ObjectStore, uploads) -> None:
+    # Issue 13 item 6: numbering restarted at v00000001 after a deletion, so exports/... (which LoRAX caches by
+    # id forever) and bases/... keys were written again with other bytes, and an old Idempotency-Key answered
+    # another upload.
+    pipeline = _pipeline(store)
+    keys = KeyRing(store)
+    first, second = list(uploads.values())[:2]
+
+    def publish(files: dict[str, bytes], adapter: str = "default", idem: str | None = None) -> AdapterVersion:
+        job, _ = accept_upload(store, "dora", adapter, files, idem)
+        version = AdapterVersion.from_job_id(job.job_id)
+        assert pipeline.run_job(version).state == JobState.DONE
+        return version
+
+    old = publish(first, idem="k")
+    old_basis = pipeline.load_cohort(Manifest.from_json(store.get(old.manifest_key).data).cohort).basis_key
+    delete_user(pipeline, keys, "dora")
+    assert not [k for k in _keys(store) if "dora" in k]  # the tombstone is named by a digest
+    new = publish(second, idem="k")  # the same key, after the deletion: a new upload, under a new id
+    assert new.version > old.version and new.export_prefix != old.export_prefix
+    new_basis = pipeline.load_cohort(Manifest.from_json(store.get(new.manifest_key).data).cohort).basis_key
+    assert new_basis != old_basis
+
+    from soppu.registry.catalog import delete_adapter
+
+    delete_adapter(pipeline, "dora", "default")
+    assert publish(first).version > new.version
+    assert publish(first, adapter="other").version == 1  # per adapter name
+
+
+def test_a_deletion_in_progress_is_visible_and_ends(store: ObjectStore, uploads) -> None:
+    from soppu.registry.catalog import user_is_deleting
+
+    pipeline, keys = _pipeline(store), KeyRing(store)
+    seen: list[bool] = []
+
+    class Watching(KeyRing):  # the deletion's revocation step runs while the tombstone says "deleting"
+        def revoke_user(self, user_id: str) -> list[str]:
+            seen.append(user_is_deleting(store, user_id))
+            return super().revoke_user(user_id)
+
+    accept_upload(store, "eve", "default", next(iter(uploads.values())))
+    delete_user(pipeline, Watching(store), "eve")
+    assert seen and all(seen) and not user_is_deleting(store, "eve")
+    assert keys.user_keys("eve") == []
+
+
 @pytest.fixture(scope="module")
 def judging_gate(examples_dir: Path) -> QualityGate:
     """The gate with the example model loaded: it judges behaviour and can fit (kept small for the tests)."""
