@@ -69,36 +69,35 @@ bench: install
 
 # The docker stack. The gpu profile (LoRAX + the compressor on a GPU) when nvidia-smi works, else the cpu
 # profile (our engine in LoRAX's place). The base model is the example one that `soppu examples build` makes.
+# Only the gateway and the compressor publish ports, on 127.0.0.1 (SOPPU_BIND_ADDRESS in .env changes that);
+# DEBUG_PORTS=1 adds docker-compose.debug.yml: the engine, LoRAX and MinIO on 127.0.0.1 too (README, "Security").
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 PROFILE ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 BACKENDS_gpu := [{"url":"http://lorax:80","kind":"lorax"}]
 BACKENDS_cpu := [{"url":"http://engine:8082","kind":"engine"}]
+DEBUG_PORTS ?=
+COMPOSE_FILES := -f docker-compose.yml $(if $(DEBUG_PORTS),-f docker-compose.debug.yml)
 
-up: .env install
+# infra/write_env.py writes .env with random secrets, or completes an existing one (a missing or placeholder
+# secret gets a random value; the others are kept). It prints names only.
+up: install
+	$(PY) infra/write_env.py .env
 	$(SOPPU) examples build --base $(EXAMPLES_BASE) --users 1 --out $(EXAMPLES_DIR) >/dev/null
-	SOPPU_GATEWAY_BACKENDS='$(BACKENDS_$(PROFILE))' $(COMPOSE) --profile $(PROFILE) up -d --build
+	SOPPU_GATEWAY_BACKENDS='$(BACKENDS_$(PROFILE))' $(COMPOSE) $(COMPOSE_FILES) --profile $(PROFILE) up -d --build
 	@echo "SOPPU is up ($(PROFILE) profile)."
-	@echo "  gateway     http://localhost:8080   (POST /generate, /docs)"
-	@echo "  compressor  http://localhost:8081   (POST /v1/users/{user}/adapters, /docs)"
-	@echo "  MinIO       http://localhost:9001   (console; credentials in .env)"
-	@echo "  Prometheus  http://localhost:9090"
+	@echo "  gateway     http://127.0.0.1:8080   (POST /generate, /docs)"
+	@echo "  compressor  http://127.0.0.1:8081   (POST /v1/users/{user}/adapters, /docs)"
+	@echo "  Prometheus  http://127.0.0.1:9090"
+	@echo "  $(if $(DEBUG_PORTS),MinIO console http://127.0.0.1:9001 (root credentials in .env),MinIO, the engine and LoRAX: internal only (make up DEBUG_PORTS=1 publishes them on 127.0.0.1))"
 	@echo "The admin key is SOPPU_ADMIN_KEY in .env. Try:"
-	@echo "  curl -s -X POST localhost:8081/v1/users/alice/keys -H \"Authorization: Bearer \$$(grep ^SOPPU_ADMIN_KEY= .env | cut -d= -f2)\""
+	@echo "  curl -s -X POST 127.0.0.1:8081/v1/users/alice/keys -H \"Authorization: Bearer \$$(grep ^SOPPU_ADMIN_KEY= .env | cut -d= -f2)\""
 
+# With the debug file too, so its network goes whichever way the stack was started.
 down:
-	$(COMPOSE) --profile cpu --profile gpu down
+	$(COMPOSE) -f docker-compose.yml -f docker-compose.debug.yml --profile cpu --profile gpu down
 
 logs:
-	$(COMPOSE) --profile $(PROFILE) logs -f --tail=100
-
-# A fresh .env with random secrets, never overwriting an existing one.
-.env:
-	@umask 077; cp .env.example $@.tmp; \
-	for name in MINIO_ROOT_PASSWORD SOPPU_SERVE_SECRET_KEY SOPPU_WRITE_SECRET_KEY SOPPU_ADMIN_KEY; do \
-	  secret=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))'); \
-	  sed -i "s/^$$name=.*/$$name=$$secret/" $@.tmp; \
-	done; mv $@.tmp $@
-	@echo "wrote .env with random secrets"
+	$(COMPOSE) $(COMPOSE_FILES) --profile $(PROFILE) logs -f --tail=100
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

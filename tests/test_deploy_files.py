@@ -1,17 +1,31 @@
-"""The deployment files: the compose file validates and every image is pinned."""
+"""The deployment files: the compose file validates, every image is pinned, and the stack exposes only what the
+README's "Security" section says (tested on `docker-compose config` output, so interpolation and overrides count)."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import json
+import os
 import re
 import shutil
+import stat
 import subprocess
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
 
+from soppu.secret_checks import secret_problem
+from soppu.store.layout import KEYS, MANIFESTS, POINTERS
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
+DEBUG = ROOT / "docker-compose.debug.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+MINIO = ROOT / "infra" / "minio"
 # A release tag or a digest; never a moving tag.
 _PINNED = re.compile(r"[^:@\s]+(:(?!latest$|main$|master$)[\w][\w.-]*)?(@sha256:[0-9a-f]{64})?")
 
@@ -39,15 +53,148 @@ def test_secrets_come_from_the_environment_file() -> None:
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
-def test_compose_file_validates() -> None:
-    result = subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE), "--env-file", str(ROOT / ".env.example"), "config", "-q"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+needs_compose = pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
+
+
+def _compose(*files: Path, quiet: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
+    command = ["docker-compose"]
+    for file in files:
+        command += ["-f", str(file)]
+    command += ["--env-file", str(ENV_EXAMPLE), "--profile", "cpu", "--profile", "gpu", "config"]
+    command += ["-q"] if quiet else []
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SOPPU_", "MINIO_", "COMPOSE_"))}
+    return subprocess.run(command, capture_output=True, text=True, check=False, env=clean | env, cwd=ROOT)
+
+
+@cache
+def _config(*files: Path, bind: str | None = None) -> dict:
+    result = _compose(*files, **({"SOPPU_BIND_ADDRESS": bind} if bind else {}))
     assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def _published(service: dict) -> list[tuple[str, str]]:
+    """(host address, host port) of every published port, from docker-compose v1's strings or v2's mappings."""
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            found.append((port.get("host_ip", ""), str(port.get("published", ""))))
+        else:
+            parts = str(port).split("/")[0].split(":")
+            found.append((parts[0] if len(parts) == 3 else "", parts[-2] if len(parts) > 1 else ""))
+    return found
+
+
+def _members(config: dict) -> dict[str, set[str]]:
+    members: dict[str, set[str]] = {name: set() for name in config.get("networks", {})}
+    for name, service in config["services"].items():
+        networks = service.get("networks") or {"default": None}
+        for network in networks:
+            members.setdefault(network, set()).add(name)
+    return members
+
+
+@needs_compose
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, DEBUG)], ids=["stack", "with-debug-ports"])
+def test_compose_file_validates(files: tuple[Path, ...]) -> None:
+    result = _compose(*files, quiet=True)
+    assert result.returncode == 0, result.stderr
+
+
+# What the README's Security section says is published, and where: service -> port.
+PUBLISHED = {"gateway": "8080", "compressor": "8081", "compressor-gpu": "8081", "prometheus": "9090"}
+BACKENDS = {"engine", "lorax"}
+
+
+@needs_compose
+def test_only_the_gateway_compressor_and_prometheus_publish_ports_on_loopback() -> None:
+    services = _config(COMPOSE)["services"]
+    published = {name: _published(service) for name, service in services.items() if service.get("ports")}
+    assert {name: [port for _, port in ports] for name, ports in published.items()} == {
+        name: [port] for name, port in PUBLISHED.items()
+    }
+    assert all(address == "127.0.0.1" for ports in published.values() for address, _ in ports), published
+
+
+@needs_compose
+def test_bind_address_opens_the_gateway_and_the_compressor_only() -> None:
+    services = _config(COMPOSE, bind="0.0.0.0")["services"]
+    for name in ("gateway", "compressor", "compressor-gpu"):
+        assert _published(services[name])[0][0] == "0.0.0.0", name
+    assert _published(services["prometheus"]) == [("127.0.0.1", "9090")]  # no authentication of its own
+    assert not any(services[name].get("ports") for name in (*BACKENDS, "minio", "minio-init"))
+
+
+@needs_compose
+def test_the_backends_are_reachable_from_the_gateway_only() -> None:
+    config = _config(COMPOSE)
+    internal = {name for name, net in config["networks"].items() if (net or {}).get("internal")}
+    for network, members in _members(config).items():
+        if members & BACKENDS:
+            others = members - BACKENDS
+            # Prometheus scrapes them (on 127.0.0.1 only, forwarding nothing); MinIO only answers them.
+            assert others <= {"gateway", "prometheus", "minio"}, (network, others)
+            assert network in internal or members == {"lorax"}, network  # `hub`: LoRAX's way out, alone
+        if "minio" in members:
+            assert network in internal, network
+        if network not in internal and members != {"lorax"}:  # a network with a way in or out
+            assert not members & (BACKENDS | {"minio"}), network
+    gateway_networks = set(config["services"]["gateway"]["networks"])
+    assert any(members & BACKENDS for net, members in _members(config).items() if net in gateway_networks)
+
+
+@needs_compose
+def test_debug_ports_are_opt_in_and_on_loopback() -> None:
+    services = _config(COMPOSE, DEBUG)["services"]
+    for name in (*BACKENDS, "minio"):
+        ports = _published(services[name])
+        assert ports and all(address == "127.0.0.1" for address, _ in ports), (name, ports)
+
+
+def test_minio_metrics_need_a_token_prometheus_reads_from_minio_init() -> None:
+    services = _services()
+    assert services["minio"]["environment"]["MINIO_PROMETHEUS_AUTH_TYPE"] != "public"
+    jobs = {
+        job["job_name"]: job
+        for job in yaml.safe_load((ROOT / "infra" / "prometheus.yml").read_text())["scrape_configs"]
+    }
+    token = Path(jobs["minio"]["authorization"]["credentials_file"])
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["prometheus"]["volumes"]}
+    init_mounts = {v.split(":")[0]: v.split(":")[1] for v in services["minio-init"]["volumes"]}
+    volume = mounts[str(token.parent)]
+    assert volume in init_mounts and services["minio-init"]["entrypoint"][-1] == "/policies/init.sh"
+
+
+def _policy(name: str) -> list[dict]:
+    return json.loads((MINIO / f"{name}.json").read_text())["Statement"]
+
+
+def test_the_gateway_has_its_own_read_only_s3_user() -> None:
+    environment = _services()["gateway"]["environment"]
+    assert environment["AWS_ACCESS_KEY_ID"].startswith("${SOPPU_GATEWAY_S3_ACCESS_KEY")
+    assert environment["AWS_SECRET_ACCESS_KEY"].startswith("${SOPPU_GATEWAY_S3_SECRET_KEY:?")
+    readable = {f"arn:aws:s3:::BUCKET/{prefix}/*" for prefix in (POINTERS, MANIFESTS, KEYS)}
+    for statement in _policy("gateway-readonly"):
+        assert statement["Effect"] == "Allow"
+        for action in statement["Action"]:
+            assert action in {"s3:GetObject", "s3:ListBucket", "s3:HeadBucket", "s3:GetBucketLocation"}, action
+        if statement["Action"] == ["s3:GetObject"]:
+            assert set(statement["Resource"]) == readable
+        else:
+            assert statement["Resource"] == ["arn:aws:s3:::BUCKET"]
+        if "s3:ListBucket" in statement["Action"]:
+            assert statement["Condition"] == {"StringLike": {"s3:prefix": [f"{POINTERS}/*"]}}
+
+
+_STORE_WRITES = {"put", "delete", "delete_prefix", "ensure_bucket", "issue", "revoke", "revoke_user"}
+
+
+def test_the_gateway_code_never_writes_the_store() -> None:
+    """What lets its S3 user be read-only: no gateway module calls a store or key-ring write."""
+    for path in sorted((ROOT / "gateway_service").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                assert node.func.attr not in _STORE_WRITES, f"{path.relative_to(ROOT)}:{node.lineno}"
 
 
 DOCKERFILES = sorted(ROOT.glob("*_service/Dockerfile"))
@@ -71,12 +218,104 @@ def test_dockerfiles_build_only_from_files_in_the_repo(dockerfile: Path) -> None
                 assert (ROOT / source).exists(), f"{dockerfile}: COPY {source} is not in the repository"
 
 
+def _write_env() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("write_env", ROOT / "infra" / "write_env.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_secrets_have_no_defaults_and_make_up_generates_them() -> None:
     text = COMPOSE.read_text()
-    makefile = (ROOT / "Makefile").read_text()
-    for name in ("MINIO_ROOT_PASSWORD", "SOPPU_SERVE_SECRET_KEY", "SOPPU_WRITE_SECRET_KEY", "SOPPU_ADMIN_KEY"):
-        assert f"${{{name}:?" in text, name  # refuses to start without a value
-        assert name in makefile, f"make up does not generate {name}"
+    required = set(re.findall(r"\$\{(\w+(?:PASSWORD|SECRET_KEY|ADMIN_KEY)):\?", text))
+    assert required == set(_write_env().SECRETS)  # every secret compose needs, make up writes, and no other
+    assert "infra/write_env.py" in (ROOT / "Makefile").read_text()
+
+
+def test_make_up_writes_random_secrets_and_completes_an_old_env(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_env = _write_env()
+    env = tmp_path / ".env"
+    write_env.main([str(env), "--example", str(ENV_EXAMPLE)])
+    first = dict(line.split("=", 1) for line in env.read_text().splitlines() if "=" in line and line[0] != "#")
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    for name in write_env.SECRETS:
+        assert secret_problem(first[name]) is None, name
+        assert first[name] not in capsys.readouterr().out
+    assert len({first[name] for name in write_env.SECRETS}) == len(write_env.SECRETS)
+    before = env.read_text()
+    assert write_env.complete(env, ENV_EXAMPLE) == [] and env.read_text() == before  # idempotent
+    # An old .env: a placeholder and a missing secret are filled in; a good secret and local edits are kept.
+    env.write_text("SOPPU_ADMIN_KEY=change-me-to-a-long-random-secret\nMINIO_ROOT_PASSWORD=kept-0123456789-abcdef\n")
+    written = write_env.complete(env, ENV_EXAMPLE)
+    assert "SOPPU_ADMIN_KEY" in written and "SOPPU_GATEWAY_S3_SECRET_KEY" in written
+    assert "MINIO_ROOT_PASSWORD" not in written and "MINIO_ROOT_PASSWORD=kept-0123456789-abcdef" in env.read_text()
+    assert "change-me" not in env.read_text()
+
+
+def _fake_mc(tmp_path: Path) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    mc = bin_dir / "mc"
+    mc.write_text(
+        "#!/bin/sh\n"
+        'echo "$*" >> "$MC_LOG"\n'
+        'case "$*" in *"prometheus generate"*) printf \'{\\n "jobName": "minio-job",\\n'
+        ' "bearerToken": "eyJ.fake.jwt",\\n "metricsPath": "/minio/v2/metrics/cluster"\\n}\\n\' ;; esac\n'
+    )
+    mc.chmod(0o755)
+    return bin_dir
+
+
+def _init(tmp_path: Path, **secrets: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "metrics").mkdir(exist_ok=True)
+    env = {
+        "PATH": f"{_fake_mc(tmp_path)}:{os.environ['PATH']}",
+        "MC_LOG": str(tmp_path / "mc.log"),
+        "POLICY_DIR": str(MINIO),
+        "METRICS_DIR": str(tmp_path / "metrics"),
+        "WORK_DIR": str(tmp_path),
+        "MINIO_ROOT_USER": "soppu-admin",
+        "SOPPU_BUCKET": "my-bucket",
+        "SOPPU_SERVE_ACCESS_KEY": "soppu-server",
+        "SOPPU_WRITE_ACCESS_KEY": "soppu-writer",
+        "SOPPU_GATEWAY_S3_ACCESS_KEY": "soppu-gateway",
+        **secrets,
+    }
+    return subprocess.run(["sh", str(MINIO / "init.sh")], env=env, capture_output=True, text=True, check=False)
+
+
+_INIT_SECRETS = (
+    "MINIO_ROOT_PASSWORD",
+    "SOPPU_SERVE_SECRET_KEY",
+    "SOPPU_WRITE_SECRET_KEY",
+    "SOPPU_GATEWAY_S3_SECRET_KEY",
+)
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no sh")
+def test_minio_init_refuses_placeholder_secrets(tmp_path: Path) -> None:
+    weak = {name: "change-me-to-a-long-random-secret" for name in _INIT_SECRETS} | {"SOPPU_SERVE_SECRET_KEY": "short"}
+    result = _init(tmp_path, **weak)
+    assert result.returncode == 1
+    assert all(name in result.stderr for name in _INIT_SECRETS)
+    assert "change-me-to" not in result.stderr and "short" not in result.stderr.replace("shorter", "")
+    assert not (tmp_path / "mc.log").exists()  # stopped before touching MinIO
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no sh")
+def test_minio_init_creates_three_users_and_the_metrics_token(tmp_path: Path) -> None:
+    result = _init(tmp_path, **{name: f"{name.lower()}-0123456789abcdef" for name in _INIT_SECRETS})
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "mc.log").read_text().splitlines()
+    for policy, user in (("lorax-readonly", "soppu-server"), ("gateway-readonly", "soppu-gateway"),
+                         ("compressor-readwrite", "soppu-writer")):  # fmt: skip
+        assert f"admin policy create soppu {policy} {tmp_path}/{policy}.json" in calls
+        assert f"admin policy attach soppu {policy} --user {user}" in calls
+        rendered = (tmp_path / f"{policy}.json").read_text()
+        assert "BUCKET" not in rendered and "arn:aws:s3:::my-bucket" in rendered
+        assert json.loads(rendered) == json.loads((MINIO / f"{policy}.json").read_text().replace("BUCKET", "my-bucket"))
+    assert (tmp_path / "metrics" / "token").read_text() == "eyJ.fake.jwt"
 
 
 def test_lorax_runs_as_the_guide_says() -> None:
