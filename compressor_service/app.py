@@ -3,20 +3,29 @@ store (creating an S3 bucket that is missing), builds the key ring, the gate (lo
 behaviour check when one is configured) and the pipeline, starts the job workers, and re-queues the jobs an
 earlier process left queued or running. The store may be down at start: the service still comes up, answers
 503 until the store is back, and resumes the jobs then.
+
+In front of every route, :class:`soppu.protocol.request_body.BodyGuard` caps each body (an upload's at
+``max_upload_bytes``, any other at ``max_json_bytes``: 413 ``too_large``) and gives a body that does not arrive
+within ``body_timeout_s`` 408 ``request_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib.metadata import version
+from typing import Any
 
 import torch
 from fastapi import FastAPI
 
 from soppu.auth import KeyRing
+from soppu.protocol.request_body import BodyGuard
+from soppu.registry.catalog import user_is_deleting
 from soppu.registry.pipeline import Pipeline
 from soppu.store import open_store
 
@@ -32,6 +41,24 @@ from .settings import CompressorSettings, get_settings
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
+_BODY_CODES = {408: "request_timeout", 413: "too_large"}
+
+
+def _refuse_body(status: int, message: str) -> bytes:
+    return json.dumps({"error": {"code": _BODY_CODES[status], "message": message}}).encode()
+
+
+def _body_caps(settings: CompressorSettings) -> Callable[[Any], int | None]:
+    """An upload's body may be large (the upload route spools it to disk); every other body is small JSON."""
+    upload = next(r for r in adapters.router.routes if getattr(r, "endpoint", None) is adapters.upload_adapter)
+    pattern = upload.path_regex  # type: ignore[attr-defined]
+
+    def cap(scope: Any) -> int:
+        if scope["method"] == "POST" and pattern.match(scope["path"]):
+            return settings.max_upload_bytes
+        return settings.max_json_bytes
+
+    return cap
 
 
 async def _build(settings: CompressorSettings) -> Runtime:
@@ -46,7 +73,9 @@ async def _build(settings: CompressorSettings) -> Runtime:
     pipeline = Pipeline(store, build_policy(settings), gate)
     runner = JobRunner(pipeline, settings.workers, settings.queue_size, retry_s=float(settings.retry_after_s))
     notifier = GatewayNotifier(settings.gateway_urls, settings.admin_key, settings.notify_timeout_s)
-    return Runtime(store, KeyRing(store, admin_key), pipeline, runner, notifier)
+    # A key issued for a user whose deletion is under way is withdrawn (see soppu.auth).
+    ring = KeyRing(store, admin_key, deleting=partial(user_is_deleting, store))
+    return Runtime(store, ring, pipeline, runner, notifier)
 
 
 def create_app(settings: CompressorSettings | None = None) -> FastAPI:
@@ -87,4 +116,6 @@ def create_app(settings: CompressorSettings | None = None) -> FastAPI:
     install_handlers(app, settings.retry_after_s)
     for module in (adapters, jobs, users, keys, cohorts, ops):
         app.include_router(module.router)
+    caps = _body_caps(settings)
+    app.add_middleware(BodyGuard, timeout_s=settings.body_timeout_s, refuse=_refuse_body, max_bytes=caps)
     return app

@@ -106,6 +106,15 @@ class CompressorSettings(BaseSettings):
     queue_size: int = Field(1024, ge=1, description="queued jobs beyond this answer 503 busy")
     retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 (store unavailable, queue full)")
 
+    # The HTTP edge (soppu.protocol.request_body) and the server.
+    max_json_bytes: int = Field(64 * 1024, ge=1024, description="cap on every body but an upload's (413 too_large)")
+    body_timeout_s: float = Field(
+        600.0, gt=0, description="a whole request body, uploads included, must arrive within this, else 408"
+    )
+    keep_alive_s: int = Field(
+        75, ge=1, description="idle client connections stay open this long: longer than client pools keep them"
+    )
+
     # Gateways told about deleted users and revoked keys (best effort).
     gateway_urls: list[str] = Field([], description='JSON list, e.g. ["http://127.0.0.1:8080"]')
     notify_timeout_s: float = Field(2.0, gt=0)

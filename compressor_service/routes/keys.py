@@ -1,11 +1,18 @@
 """Service keys and revocation (admin): ``POST /v1/keys``, ``DELETE /v1/keys/{key_id}``. User keys are issued
-under ``/v1/users/{user_id}/keys`` (``users.py``). A revocation is passed on to the gateways."""
+under ``/v1/users/{user_id}/keys`` (``users.py``). A revocation is passed on to the gateways.
+
+``POST /v1/keys`` reads its JSON body only once the caller is known to be an admin: FastAPI reads a declared
+body parameter before any dependency runs, so an anonymous caller could make the service read (and hold) a body
+before the 401. The body is read by hand instead, after :func:`authorize`, and it is capped at the edge
+(``max_json_bytes``)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, BackgroundTasks
+from fastapi import APIRouter, BackgroundTasks, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from soppu.auth import Role
 from soppu.errors import ObjectNotFound
@@ -20,14 +27,30 @@ __all__ = ["router"]
 router = APIRouter(tags=["Keys"])
 
 
+_KEY_REQUEST_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": KeyRequest.model_json_schema()}}}
+}
+
+
+async def _key_request(request: Request) -> KeyRequest:
+    try:
+        return KeyRequest.model_validate_json(await request.body())
+    except ValidationError as e:
+        # Named as FastAPI names a declared body's problems: "body.role: ..."
+        problems = [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        raise RequestValidationError(problems) from e
+
+
 @router.post(
     "/v1/keys",
     status_code=201,
     summary="Issue a service key (admin); the key is shown once",
-    responses=errors(401, 403, 422),
+    responses=errors(401, 403, 413, 422),
+    openapi_extra=_KEY_REQUEST_BODY,
 )
-async def issue_service_key(body: KeyRequest, principal: PrincipalDep, keys: KeysDep) -> IssuedKey:
+async def issue_service_key(request: Request, principal: PrincipalDep, keys: KeysDep) -> IssuedKey:
     authorize(principal, Action.ADMIN)
+    body = await _key_request(request)  # only now: nobody but an admin makes the service read a body
     key, record = await asyncio.to_thread(keys.issue, Role(body.role))
     return IssuedKey(key=key, key_id=record.key_id, role=record.role.value, user_id=record.user_id)
 

@@ -1,9 +1,11 @@
 """Who may do what (compressor_service.access), and the error body of bad requests, against a real compressor
 process: admin, service, the user, another user, no key, a bad key and a revoked key on upload, reads, deletes,
-keys and refits."""
+keys and refits; and what an anonymous caller's body costs (nothing is read before the key is checked)."""
 
 from __future__ import annotations
 
+import json
+import socket
 from typing import Any
 
 import pytest
@@ -94,3 +96,36 @@ def test_bad_requests_answer_the_error_body(compressor: Compressor) -> None:
         ]
     for response, status, code in cases:
         assert (response.status_code, response.json()["error"]["code"]) == (status, code), response.text
+
+
+def _raw(compressor: Compressor, head: str, body: bytes) -> tuple[int, dict[str, Any], bytes]:
+    """Send a request head and the start of a body, then only read: (status, error body, raw head)."""
+    host, port = compressor.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:  # timeout: a hang guard only
+        sock.sendall(f"{head}host: {host}\r\n\r\n".encode() + body)
+        answer = b""
+        while chunk := sock.recv(65536):  # the server answers, then closes: the rest of the body is never read
+            answer += chunk
+    raw_head, _, content = answer.partition(b"\r\n\r\n")
+    return int(raw_head.split(b" ")[1]), json.loads(content)["error"], raw_head.lower()
+
+
+def test_a_key_request_body_is_read_only_from_an_admin(compressor: Compressor) -> None:
+    # Chunked, unauthenticated, and never finished: the 401 comes without waiting for the body.
+    for key in ("", "authorization: Bearer sk-soppu-0123456789abcdef.wrong\r\n"):
+        head = f"POST /v1/keys HTTP/1.1\r\n{key}content-type: application/json\r\ntransfer-encoding: chunked\r\n"
+        status, error, raw_head = _raw(compressor, head, b'a\r\n{"role": "\r\n')
+        assert (status, error["code"]) == (401, "unauthorized")
+        assert b"connection: close" in raw_head
+    # 300 MiB declared: refused on the declared size, before the key is even looked at.
+    head = "POST /v1/keys HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: 314572800\r\n"
+    status, error, _ = _raw(compressor, head, b'{"role": ')
+    assert (status, error["code"]) == (413, "too_large")
+    # An admin's JSON body is capped too, counted as it streams (no length declared).
+    with compressor.client() as admin:
+        spaces = (b" " * 4096 for _ in range(32))  # 128 KiB of valid JSON whitespace, over the 64 KiB cap
+        big = admin.post("/v1/keys", content=spaces, headers={"content-type": "application/json"})
+        assert (big.status_code, big.json()["error"]["code"]) == (413, "too_large")
+        bad = admin.post("/v1/keys", content=b'{"role": ')
+        assert (bad.status_code, bad.json()["error"]["code"]) == (422, "invalid_request")
+        assert admin.post("/v1/keys", json={"role": "service"}).status_code == 201
