@@ -39,7 +39,15 @@ def main(argv: list[str] | None = None) -> None:
     }
     # Init arguments take precedence over the environment in pydantic-settings.
     settings = EngineSettings(**{name: value for name, value in flags.items() if value is not None})
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    # Keep-alive past uvicorn's 5 s default, which equals client pools' idle expiry (httpx: 5 s): a client could
+    # reuse a connection as the server closed it and lose the request.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        timeout_keep_alive=settings.keep_alive_s,
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Every error answers with LoRAX's body ``{"error": str, "error_type": str}`` and 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -17,6 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+from soppu.protocol.request_body import BodyGuard
 
 from .engine import Engine, EngineConfig, EngineError
 from .metrics import ServiceMetrics
@@ -69,6 +72,11 @@ async def _on_unexpected(_: Request, e: Exception) -> JSONResponse:
     return _error(500, f"{type(e).__name__}: {e}", EngineError.error_type)
 
 
+def _refuse_body(status: int, message: str) -> bytes:
+    # A stalled body (408): LoRAX has no code for it, so ours, in LoRAX's error body.
+    return json.dumps({"error": message, "error_type": "request_timeout"}).encode()
+
+
 def create_app(settings: EngineSettings | None = None, engine: Engine | None = None) -> FastAPI:
     """The app for ``settings`` (default: the environment's). Pass ``engine`` to serve one built elsewhere
     (tests); the app still starts and stops it."""
@@ -100,4 +108,6 @@ def create_app(settings: EngineSettings | None = None, engine: Engine | None = N
     app.add_exception_handler(Exception, _on_unexpected)
     for module in (lorax, openai, ops):
         app.include_router(module.router)
+    # A body that does not arrive within body_timeout_s gets 408 request_timeout (slowloris).
+    app.add_middleware(BodyGuard, timeout_s=settings.body_timeout_s, refuse=_refuse_body)
     return app

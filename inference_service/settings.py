@@ -31,6 +31,11 @@ class EngineSettings(BaseSettings):
     # to a shared CPU box, and clients that want more say so.
     default_max_new_tokens: int = Field(20, ge=1)
     max_new_tokens_cap: int = Field(512, ge=1)
+    # The HTTP edge (soppu.protocol.request_body) and the server.
+    body_timeout_s: float = Field(30.0, gt=0, description="the whole request body must arrive within this, else 408")
+    keep_alive_s: int = Field(
+        75, ge=1, description="idle connections stay open this long: longer than client pools keep them"
+    )
 
 
 @lru_cache
