@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -114,6 +115,28 @@ def test_only_the_gateway_compressor_and_prometheus_publish_ports_on_loopback() 
         name: [port] for name, port in PUBLISHED.items()
     }
     assert all(address == "127.0.0.1" for ports in published.values() for address, _ in ports), published
+
+
+def _security_table() -> dict[str, tuple[str, str]]:
+    """service -> (port, bound to), from the first table of the README's Security section."""
+    section = (ROOT / "README.md").read_text().split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start:]))
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table[2:]]  # past header and rule
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+@needs_compose
+def test_the_readme_security_section_says_what_compose_publishes() -> None:
+    services = _config(COMPOSE)["services"]
+    table = _security_table()
+    said = {name.lower(): port for name, (port, _) in table.items() if port.isdigit()}
+    published = {name.removesuffix("-gpu"): ports[0][1] for name, s in services.items() if (ports := _published(s))}
+    assert said == published
+    for name, (port, bound) in table.items():
+        assert bound.startswith("127.0.0.1") if port.isdigit() else port == "none", name
+    assert {name.lower() for name, (port, _) in table.items() if port == "none"} == {*BACKENDS, "minio"}
 
 
 @needs_compose
