@@ -5,17 +5,21 @@ The command line (``python -m inference_service --port ...``) overrides them; se
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from soppu.secret_checks import check_s3_secret
 
 __all__ = ["EngineSettings", "get_settings"]
 
 
 class EngineSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SOPPU_ENGINE_", extra="ignore")
+    # hide_input_in_errors: a refused setting's message must never quote a secret.
+    model_config = SettingsConfigDict(env_prefix="SOPPU_ENGINE_", extra="ignore", hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(8082, ge=1, le=65535)
@@ -36,6 +40,11 @@ class EngineSettings(BaseSettings):
     keep_alive_s: int = Field(
         75, ge=1, description="idle connections stay open this long: longer than client pools keep them"
     )
+
+    @model_validator(mode="after")
+    def _strong_s3_secret(self) -> EngineSettings:
+        check_s3_secret(os.environ)  # the S3 adapter source reads it through boto3
+        return self
 
 
 @lru_cache
