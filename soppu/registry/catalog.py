@@ -97,8 +97,10 @@ def _leave_cohorts(pipeline: Pipeline, user_id: str, adapters: list[str]) -> lis
         cohort = info.key.split("/")[1]
         with pipeline.lock(f"cohort:{cohort}"):
             state = pipeline.load_cohort(cohort)
-            if not leaving & (set(state.members) | set(state.contributors)):
+            holders = {key for keys in state.stale_bases.values() for key in keys}
+            if not leaving & (set(state.members) | set(state.contributors) | holders):
                 continue
+            pipeline.sweep_stale(state, gone=frozenset(leaving))  # a replaced basis only they still used goes
             influenced = bool(leaving & set(state.contributors))
             state.members = {k: v for k, v in state.members.items() if k not in leaving}
             state.pending = [k for k in state.pending if k not in leaving]

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -37,9 +37,9 @@ from soppu.peft_files import PROBES_NAME
 from soppu.registry.ladder import climb, served_by
 from soppu.registry.policy import CompressionPolicy, QualityGate, cohort_name
 from soppu.registry.records import CohortState, JobRecord, JobState, Manifest, Pointer, ServedFrom, now
-from soppu.registry.versions import allocate_version, latest_version
+from soppu.registry.versions import allocate_version, latest_version, withdraw_upload
 from soppu.store.base import ObjectStore
-from soppu.store.layout import AdapterVersion, basis_key, cohort_state_key, relative_ref
+from soppu.store.layout import AdapterVersion, basis_key, cohort_state_key, pointer_key, relative_ref
 
 __all__ = ["Pipeline", "member_key"]
 
@@ -151,6 +151,7 @@ class Pipeline:
         if report["served_from"] == ServedFrom.ORIGINAL and key not in state.pending:
             state.pending.append(key)
             state.needs_refit = True
+        self.sweep_stale(state)  # this member's newer version may be what kept a replaced basis
         self.save_cohort(state)
         return report
 
@@ -258,59 +259,122 @@ class Pipeline:
             return self.refit_locked(state)
 
     def refit_locked(self, state: CohortState) -> dict[str, Any]:
-        """Fit the cohort's basis to every member's original and publish a new version of every member.
-        The caller holds the cohort's lock."""
-        members = sorted(state.members.items())
-        originals = {}
-        for key, number in members:
+        """Fit the cohort's basis to every member's newest original and publish a new version of every member.
+        The caller holds the cohort's lock.
+
+        Per-user state orders a refit against uploads, never timing: a member whose newest upload belongs to
+        another cohort leaves this one (its refit here would republish an older adapter over it), and a member
+        that another upload overtakes while the basis is fitted gets no refit version (that upload's own job
+        publishes it, on the new basis, since it waits for this cohort's lock)."""
+        self.sweep_stale(state)
+        sources: dict[str, tuple[AdapterVersion, LoraAdapter, dict[str, bytes]]] = {}
+        for key, number in sorted(state.members.items()):
             user, adapter = key.split("/")
-            originals[key] = self._newest_original(state, user, adapter, number)
-        named = [(_core_name(AdapterVersion(*key.split("/"), number)), originals[key][0]) for key, number in members]
+            source = self._newest_original(state, user, adapter, number)
+            if source is None:
+                self._leave(state, key)
+            else:
+                sources[key] = source
+        if not sources:
+            self.save_cohort(state)
+            return {"cohort": state.cohort, "basis_version": state.basis_version, "members": {}}
+        named = [(_core_name(version), original) for version, original, _files in sources.values()]
         compression = compress(named, **self._compress_args())
         old_basis = state.basis_key
-        self._publish_basis(state, compression, contributors=[key for key, _ in members])
+        self._publish_basis(state, compression, contributors=list(sources))
         state.pending, state.needs_refit = [], False
-        published = {}
-        for (key, _), compressed in zip(members, compression.adapters, strict=True):
-            user, adapter = key.split("/")
-            original, files = originals[key]
-            version = allocate_version(self.store, user, adapter, files, kind="refit")
+        published: dict[str, dict[str, Any]] = {}
+        overtaken = []
+        for (key, (source, original, files)), compressed in zip(sources.items(), compression.adapters, strict=True):
+            version = allocate_version(self.store, source.user_id, source.adapter, files, kind="refit")
+            newer = latest_version(self.store, source.user_id, source.adapter, below=version.version)
+            if newer > source.version:  # accepted while the basis was fitted: it, not this, is the newest
+                withdraw_upload(self.store, version)  # never published; left, it would pass for the newest
+                overtaken.append(key)
+                published[key] = {"superseded_by": newer}
+                continue
             report = self._publish(version, state, compression, compressed, original, files)
             self.save_job(replace(self.load_job(version), state=JobState.DONE.value, report=report))
             state.members[key] = version.version
             if report["served_from"] == ServedFrom.ORIGINAL:
                 state.pending.append(key)
             published[key] = {"version": version.version, "served_from": report["served_from"]}
-        self.save_cohort(state)
         if old_basis and old_basis != state.basis_key:
-            self._retire(old_basis, state)
+            self._retire(old_basis, state, holders=overtaken)
+        self.save_cohort(state)
         return {"cohort": state.cohort, "basis_version": state.basis_version, "members": published}
+
+    def _leave(self, state: CohortState, key: str) -> None:
+        """``key`` is no longer a member (its newest upload went to another cohort). If its current version
+        still uses this cohort's basis, that basis is kept until it moves on (see :meth:`sweep_stale`)."""
+        state.members.pop(key, None)
+        state.pending = [k for k in state.pending if k != key]
+        state.contributors = [k for k in state.contributors if k != key]
+        if state.basis_key is not None and self._current_basis(key) == state.basis_key:
+            holders = state.stale_bases.setdefault(state.basis_key, [])
+            if key not in holders:
+                holders.append(key)
 
     def _newest_original(
         self, state: CohortState, user: str, adapter: str, number: int
-    ) -> tuple[LoraAdapter, dict[str, bytes]]:
-        """The member's newest upload of this cohort. A newer upload than the member's version may still wait for
-        its job: the refit must publish its content, since the refit's new version outnumbers it and the
-        pointer never moves back to it."""
+    ) -> tuple[AdapterVersion, LoraAdapter, dict[str, bytes]] | None:
+        """The member's newest upload (its version, adapter and files), which a refit must publish: the refit's
+        new version outnumbers it, and the pointer never moves back. None if that upload is of another cohort."""
         newest = latest_version(self.store, user, adapter)
         if newest > number:
             with contextlib.suppress(ObjectNotFound):  # an upload withdrawn after losing an idempotency race
-                original = self.read_original(AdapterVersion(user, adapter, newest))
-                if cohort_name(original[0]) == state.cohort:
-                    return original
-        return self.read_original(AdapterVersion(user, adapter, number))
+                version = AdapterVersion(user, adapter, newest)
+                original, files = self.read_original(version)
+                return (version, original, files) if cohort_name(original) == state.cohort else None
+        version = AdapterVersion(user, adapter, number)
+        return (version, *self.read_original(version))
 
-    def _retire(self, old_basis: str, state: CohortState) -> None:
+    def _current_basis(self, key: str) -> str | None:
+        """The basis the member's current version is served from, if any."""
+        user, adapter = key.split("/")
+        try:
+            pointer = Pointer.from_json(self.store.get(pointer_key(user, adapter)).data)
+            return Manifest.from_json(self.store.get(pointer.manifest_key).data).basis_key
+        except ObjectNotFound:
+            return None
+
+    def sweep_stale(self, state: CohortState, gone: frozenset[str] = frozenset()) -> None:
+        """Retire every replaced basis that no current version uses any more (``gone``: members being deleted,
+        whose versions go with them)."""
+        for basis, holders in list(state.stale_bases.items()):
+            still = [k for k in holders if k not in gone and self._current_basis(k) == basis]
+            if still:
+                state.stale_bases[basis] = still
+                continue
+            del state.stale_bases[basis]
+            self._retire(basis, state, others=holders)
+
+    def _retire(
+        self, old_basis: str, state: CohortState, holders: Sequence[str] = (), others: Sequence[str] = ()
+    ) -> None:
         """Delete a replaced basis and every core and export built on it: the data of whoever fitted it (maybe
-        a deleted user) survives in no served object. Manifests and originals stay, as the history."""
-        for key in state.members:
+        a deleted user) survives in no served object. Manifests and originals stay, as the history. The current
+        version of a member in ``holders`` (overtaken during the refit) may still use it: then the basis and
+        that version stay, listed in ``stale_bases``, until :meth:`sweep_stale` finds them unused."""
+        keeping = [key for key in holders if self._current_basis(key) == old_basis]
+        for key in {*state.members, *holders, *others}:
             user, adapter = key.split("/")
             prefix = AdapterVersion(user, adapter, 1).manifest_key.rsplit("/", 1)[0] + "/"
+            current = self._current_version(user, adapter)
             for info in list(self.store.list(prefix)):
                 manifest = Manifest.from_json(self.store.get(info.key).data)
-                if manifest.basis_key == old_basis and manifest.version != state.members[key]:
+                if manifest.basis_key == old_basis and manifest.version != current:
                     version = AdapterVersion(user, adapter, manifest.version)
                     for stale in (version.core_key, *version.export_keys()):
                         self.store.delete(stale)
+        if keeping:
+            state.stale_bases[old_basis] = keeping
+            return
         self.store.delete(old_basis)
         self._bases.pop(old_basis, None)
+
+    def _current_version(self, user: str, adapter: str) -> int | None:
+        try:
+            return Pointer.from_json(self.store.get(pointer_key(user, adapter)).data).version
+        except ObjectNotFound:
+            return None

@@ -106,6 +106,9 @@ class CohortState(_Record):
     contributors: list[str] = dataclasses.field(default_factory=list)  # "user/adapter" whose data fitted the basis
     needs_refit: bool = False
     pending: list[str] = dataclasses.field(default_factory=list)  # members served from originals until a refit
+    # A replaced basis that a member's current version still uses (its newer upload was not yet published when
+    # the refit ran) -> those members; it is deleted once none of them uses it.
+    stale_bases: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     updated_at: str = dataclasses.field(default_factory=now)
 
 

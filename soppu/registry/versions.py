@@ -46,10 +46,11 @@ def body_digest(files: dict[str, bytes]) -> str:
     return digest.hexdigest()
 
 
-def latest_version(store: ObjectStore, user_id: str, adapter: str) -> int:
+def latest_version(store: ObjectStore, user_id: str, adapter: str, *, below: int | None = None) -> int:
+    """The highest version claimed for the adapter (below ``below``, if given); 0 if none."""
     prefix = AdapterVersion(user_id, adapter, 1).original_prefix.rsplit("/", 1)[0] + "/"
     versions = [parse_version(info.key[len(prefix) :].split("/", 1)[0]) for info in store.list(prefix)]
-    return max(versions, default=0)
+    return max((v for v in versions if below is None or v < below), default=0)
 
 
 def read_tombstone(store: ObjectStore, user_id: str) -> Tombstone:

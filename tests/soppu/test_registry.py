@@ -123,6 +123,67 @@ def test_gate_failure_serves_the_original_and_a_refit_brings_everyone_back(local
     assert len([k for k in _keys(local_store) if k.startswith("bases/")]) == 1  # older bases retired
 
 
+def _current(store: ObjectStore, user: str) -> Manifest:
+    pointer = Pointer.from_json(store.get(AdapterVersion(user, "default", 1).pointer_key).data)
+    return Manifest.from_json(store.get(pointer.manifest_key).data)
+
+
+def test_an_upload_accepted_while_a_refit_fits_is_the_one_served(local_store: ObjectStore, uploads) -> None:
+    # Issue 13 item 2: the refit read the members' uploads, fitted, then published a newer version of the old
+    # adapter for each; an upload accepted during the fit was never served (its job "done", the pointer beyond it).
+    store, users = local_store, list(uploads)[:3]
+    late = list(uploads.values())[3]
+    accepted: list[AdapterVersion] = []
+    armed = False
+
+    class UploadDuringFit(Pipeline):
+        def _publish_basis(self, state: Any, compression: Any, contributors: list[str]) -> None:
+            if armed and not accepted:  # the refit's fit is done; an upload arrives now
+                accepted.append(AdapterVersion.from_job_id(accept_upload(store, users[0], "default", late)[0].job_id))
+            super()._publish_basis(state, compression, contributors)
+
+    pipeline = UploadDuringFit(store, CompressionPolicy(device="cpu", rank=32), QualityGate())
+    for user in users:
+        pipeline.run_job(AdapterVersion.from_job_id(accept_upload(store, user, "default", uploads[user])[0].job_id))
+    cohort = _current(store, users[0]).cohort
+    old_basis = pipeline.load_cohort(cohort).basis_key
+    armed = True
+    result = pipeline.refit(cohort)
+    [upload] = accepted
+    assert result["members"][f"{users[0]}/default"]["superseded_by"] == upload.version
+    assert _current(store, users[0]).basis_key == old_basis  # still served, so that basis stays for now
+    assert pipeline.run_job(upload).state == JobState.DONE
+    served = _current(store, users[0])  # the late upload's version, or a refit it queued, of the same bytes
+    weights = store.get(AdapterVersion(users[0], "default", served.version).original_keys()[1]).data
+    assert served.version >= upload.version and weights == late[WEIGHTS_NAME]
+    assert served.basis_key == pipeline.load_cohort(cohort).basis_key
+    assert not store.exists(old_basis) and pipeline.load_cohort(cohort).stale_bases == {}  # retired once unused
+    for user in users[1:]:
+        assert _current(store, user).basis_key == pipeline.load_cohort(cohort).basis_key
+
+
+def test_a_member_whose_new_upload_is_in_another_cohort_leaves_the_old_one(local_store: ObjectStore, uploads) -> None:
+    # Issue 13 item 3: after an upload with other modules (another cohort), the old cohort's refit moved the
+    # user's pointer back to the old adapter.
+    from adapter_factory import make_files, parts
+
+    store, users = local_store, list(uploads)[:3]
+    pipeline = _pipeline(store, rank=32)
+    for user in users:
+        pipeline.run_job(AdapterVersion.from_job_id(accept_upload(store, user, "default", uploads[user])[0].job_id))
+    old = _current(store, users[0])
+    other = parts(make_files(seed=3))
+    moved = AdapterVersion.from_job_id(accept_upload(store, users[0], "default", other)[0].job_id)
+    assert pipeline.run_job(moved).state == JobState.DONE
+    assert _current(store, users[0]).cohort != old.cohort
+    result = pipeline.refit(old.cohort)
+    assert f"{users[0]}/default" not in result["members"]
+    state = pipeline.load_cohort(old.cohort)
+    assert f"{users[0]}/default" not in state.members and f"{users[0]}/default" not in state.contributors
+    assert _current(store, users[0]).version == moved.version
+    assert not store.exists(old.basis_key)
+
+
 def test_deleting_a_user_leaves_nothing_of_theirs(store: ObjectStore, uploads) -> None:
     pipeline = _pipeline(store, rank=32)
     keys = KeyRing(store)
