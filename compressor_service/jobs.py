@@ -6,6 +6,9 @@ there and nothing is lost with the process. On start the runner re-enqueues ever
 by an earlier process (``pending_jobs``); running a job again is safe, since the pipeline is idempotent. The
 store may be down at start: the runner then keeps trying, every ``retry_s``, until it can.
 
+A job the store interrupts (an outage, a failed write) is never failed for it: it runs again, backing off from
+``retry_s`` to a minute, for as long as the outage lasts.
+
 A job and a deletion of its user never overlap (both hold the pipeline's ``user:{id}`` lock), so a job cannot
 publish for an adapter that is being deleted.
 """
@@ -33,8 +36,7 @@ __all__ = ["JobRunner", "user_lock"]
 
 log = logging.getLogger(__name__)
 
-_STORE_CODES = frozenset({"store_unavailable", "store_error"})
-_MAX_STORE_RETRIES = 5  # a job the store failed this often is left failed
+_MAX_RETRY_S = 60.0
 
 
 def user_lock(user_id: str) -> str:
@@ -52,6 +54,7 @@ class JobRunner:
         self._queue: asyncio.Queue[AdapterVersion] = asyncio.Queue(maxsize=queue_size)
         self._queued: set[str] = set()  # job ids queued or running here: an id is never queued twice
         self._tasks: set[asyncio.Task[None]] = set()
+        self._failures: dict[str, int] = {}  # job id -> store failures in a row, for the back-off
 
     @property
     def depth(self) -> int:
@@ -128,8 +131,11 @@ class JobRunner:
             log.info("job %s is gone (its adapter was deleted); skipped", version.job_id)
             return
         except StoreError as e:
-            log.warning("job %s interrupted by the store (%s); retrying in %ss", version.job_id, e.code, self.retry_s)
-            self._retry_later(version)
+            # Retried for as long as it takes (a store outage is not the upload's fault), backing off to a minute.
+            self._failures[version.job_id] = failures = self._failures.get(version.job_id, 0) + 1
+            delay = min(self.retry_s * 2 ** (failures - 1), _MAX_RETRY_S)
+            log.warning("job %s interrupted by the store (%s); retrying in %.1fs", version.job_id, e.code, delay)
+            self._retry_later(version, delay)
             return
         except Exception:
             # A bug, or an input the core does not guard against: fail the job rather than retry it forever.
@@ -137,14 +143,7 @@ class JobRunner:
             with contextlib.suppress(StoreError):
                 await asyncio.to_thread(self._mark_crashed, version)
             return
-        store_failed = job.state == JobState.FAILED and (job.error or {}).get("code") in _STORE_CODES
-        if store_failed and job.attempts < _MAX_STORE_RETRIES:
-            # The store failed inside the pipeline, which recorded that as the job's failure: not the input's
-            # fault, so the job goes back to the queue.
-            with contextlib.suppress(StoreError):
-                await asyncio.to_thread(self._requeue_record, job)
-            self._retry_later(version)
-            return
+        self._failures.pop(version.job_id, None)
         if self.metrics is not None:
             self.metrics.job_finished(job, time.perf_counter() - started)
         log.info("job %s %s in %.2fs", version.job_id, job.state, time.perf_counter() - started)
@@ -158,12 +157,9 @@ class JobRunner:
         error = {"code": "internal_error", "message": "the job crashed; see the compressor's log"}
         self.pipeline.save_job(replace(job, state=JobState.FAILED.value, error=error))
 
-    def _requeue_record(self, job: JobRecord) -> None:
-        self.pipeline.save_job(replace(job, state=JobState.QUEUED.value, error=None))
-
-    def _retry_later(self, version: AdapterVersion) -> None:
+    def _retry_later(self, version: AdapterVersion, delay: float) -> None:
         async def later() -> None:
-            await asyncio.sleep(self.retry_s)
+            await asyncio.sleep(delay)
             await self.enqueue(version)
 
         self._spawn(later(), f"compressor-retry-{version.job_id}")

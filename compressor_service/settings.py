@@ -105,6 +105,9 @@ class CompressorSettings(BaseSettings):
     workers: int = Field(1, ge=0, description="jobs run at once (0: accept uploads, run nothing)")
     queue_size: int = Field(1024, ge=1, description="queued jobs beyond this answer 503 busy")
     retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 (store unavailable, queue full)")
+    job_retry_s: float = Field(
+        1.0, ge=0.01, le=60, description="first wait before a job the store interrupted runs again (doubling to 60 s)"
+    )
 
     # The HTTP edge (soppu.protocol.request_body) and the server.
     max_json_bytes: int = Field(64 * 1024, ge=1024, description="cap on every body but an upload's (413 too_large)")

@@ -80,11 +80,12 @@ def list_adapters(store: ObjectStore, user_id: str) -> list[dict[str, Any]]:
 
 
 def pending_jobs(store: ObjectStore) -> list[AdapterVersion]:
-    """Jobs that are queued or were running when a service stopped: a restart runs them (again)."""
+    """Jobs that are queued or were running when a service stopped, or that the store failed: a restart runs
+    them (again)."""
     pending = []
     for info in store.list(f"{JOBS}/"):
         job = JobRecord.from_json(store.get(info.key).data)
-        if job.state in (JobState.QUEUED, JobState.RUNNING):
+        if job.state in (JobState.QUEUED, JobState.RUNNING) or job.failed_by_store:
             pending.append(AdapterVersion(job.user_id, job.adapter, job.version))
     return sorted(pending, key=lambda v: (v.user_id, v.adapter, v.version))
 

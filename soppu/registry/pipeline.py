@@ -32,7 +32,7 @@ from soppu.compression import Compression, compress, project
 from soppu.compression.accounting import bases_parameters, core_parameters
 from soppu.compression.format import bases_bytes, core_bytes, read_bases
 from soppu.compression.model import Cluster, CompressedAdapter
-from soppu.errors import ObjectExists, ObjectNotFound, SoppuError
+from soppu.errors import ObjectExists, ObjectNotFound, SoppuError, StoreError
 from soppu.peft_files import PROBES_NAME
 from soppu.registry.ladder import climb, served_by
 from soppu.registry.policy import CompressionPolicy, QualityGate, cohort_name
@@ -108,7 +108,7 @@ class Pipeline:
     def run_job(self, version: AdapterVersion) -> JobRecord:
         """Run (or finish, or skip if already finished) the job of ``version``."""
         job = self.load_job(version)
-        if job.state in (JobState.DONE, JobState.FAILED):
+        if job.state == JobState.DONE or (job.state == JobState.FAILED and not job.failed_by_store):
             return job
         job.state, job.attempts = JobState.RUNNING.value, job.attempts + 1
         self.save_job(job)
@@ -121,6 +121,10 @@ class Pipeline:
                 if state.needs_refit and len(state.pending) >= self.policy.refit_after:
                     self.refit_locked(state)
                     report["refit"] = True
+        except StoreError:
+            # Not the input's fault: the record stays "running", and the job runs again (the runner retries it,
+            # a restart resumes it) until the store lets it finish. It is never failed for good.
+            raise
         except SoppuError as e:
             log.warning("job %s failed: [%s] %s", version.job_id, e.code, e.message)
             job.state, job.error = JobState.FAILED.value, {"code": e.code, "message": e.message}

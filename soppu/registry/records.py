@@ -26,6 +26,9 @@ from soppu.store.layout import name_digest
 __all__ = ["CohortState", "IdempotencyRecord", "JobRecord", "JobState", "Manifest", "Pointer", "ServedFrom", "now"]
 
 
+STORE_ERROR_CODES = frozenset({"store_unavailable", "store_error"})
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
@@ -72,6 +75,11 @@ class JobRecord(_Record):
     attempts: int = 0
     error: dict[str, Any] | None = None  # {"code", "message"} when failed
     report: dict[str, Any] | None = None  # when done
+
+    @property
+    def failed_by_store(self) -> bool:
+        """Failed because the store failed (as earlier releases recorded it): such a job is run again."""
+        return self.state == JobState.FAILED and (self.error or {}).get("code") in STORE_ERROR_CODES
 
 
 @dataclasses.dataclass

@@ -11,11 +11,13 @@ from typing import Any
 import httpx
 from compressor_client import ADMIN_KEY, adapter_files, file_parts, upload, wait_for_job
 from conftest import StartCompressor
+from netfault import FlakyProxy
 from processes import free_port
 
 from soppu.auth import format_key
 from soppu.registry import JobRecord, JobState
 from soppu.registry.catalog import pending_jobs
+from soppu.store import S3Store
 
 USERS = 6
 
@@ -89,3 +91,34 @@ def test_an_unavailable_store_answers_503_with_retry_after(
                 assert response.json()["error"]["code"] == "store_unavailable"
                 assert response.headers["Retry-After"] == "7"
     assert service.proc.poll() is None  # still up, waiting for the store
+
+
+def test_a_store_outage_mid_publish_never_fails_an_acknowledged_upload(
+    start_compressor: StartCompressor, examples_dir: Path, moto_server: str, bucket: str
+) -> None:
+    # Issue 13 item 12: five store failures while publishing left an accepted upload "failed" for good, even
+    # after a restart. The store here goes down at the job's first export write and stays down for many retries.
+    users = json.loads((examples_dir / "users.json").read_text())["users"]
+    host, port = moto_server.removeprefix("http://").split(":")
+    proxy = FlakyProxy((host, int(port)))
+    try:
+        service, compressor = start_compressor(endpoint=proxy.url, job_retry_s="0.05")
+        direct = S3Store(bucket, endpoint_url=moto_server, access_key="testing", secret_key="testing")
+        proxy.cut_on = b"/exports/outage-"
+        with compressor.client() as client:
+            response = upload(client, "outage-1", file_parts(adapter_files(examples_dir / users[0]["adapter"])))
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+        assert proxy.went_down.wait(60), "the job never reached its export"
+        deadline = time.monotonic() + 60
+        while service.log_tail(100_000).count(f"job {job_id} interrupted by the store") < 6:  # 5 failed it
+            assert time.monotonic() < deadline, service.log_tail()
+            time.sleep(0.2)
+        assert _jobs(direct)[job_id].state == JobState.RUNNING  # never failed: it waits for the store
+        proxy.up()
+        with compressor.client() as client:
+            job = wait_for_job(client, job_id)
+        assert job["state"] == "done", job
+        assert direct.exists("pointers/outage-1/default/current.json")
+    finally:
+        proxy.close()
