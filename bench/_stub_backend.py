@@ -1,7 +1,7 @@
 """A minimal LoRAX-shaped backend: plain asyncio HTTP/1.1 (keep-alive, no framework), so that a benchmark of the
 gateway measures the gateway and not the backend, and so that tests can see exactly what a backend receives.
 
-    python bench/_stub_backend.py --port 8099 [--delay-ms 0] [--token-delay-ms 0] [--model-id stub]
+    python bench/_stub_backend.py --port 8099 [--delay-ms 0] [--token-delay-ms 0] [--model-id stub] [--keep-alive-s 0]
 
 Routes: ``GET /health`` (200, or 503 after ``POST /stub/health?ok=0``), ``GET /info``, and LoRAX's generation
 routes ``POST /generate``, ``/generate_stream``, ``/`` (compat), ``/v1/completions``, ``/v1/chat/completions``
@@ -14,6 +14,9 @@ streams one token then LoRAX's error event, ``"stub:slow"`` streams a token ever
 /stub/requests`` returns the last 200 generation requests as received (method, path, headers, body), ``GET
 /stub/stats`` the counters (requests; streams started, finished, cancelled by the client), ``POST /stub/reset``
 clears both.
+
+``--keep-alive-s`` closes a connection idle that long between requests, as uvicorn does (its default is 5 s), so
+a gateway that reuses idle connections can be seen racing the backend's close; 0 (the default) keeps them open.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Stub:
     delay_s: float
     token_delay_s: float
     model_id: str
+    keep_alive_s: float = 0.0
     healthy: bool = True
     requests: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=200))
     stats: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -182,7 +186,11 @@ async def _dispatch(
 async def _serve_connection(stub: Stub, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
+            try:
+                async with asyncio.timeout(stub.keep_alive_s or None):
+                    head = await reader.readuntil(b"\r\n\r\n")
+            except TimeoutError:
+                break  # idle past the keep-alive: close, as uvicorn does
             lines = head[:-4].decode("latin-1").split("\r\n")
             method, path, _ = lines[0].split(" ", 2)
             headers = {}
@@ -217,8 +225,9 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=0.0, help="simulated generation time per request")
     parser.add_argument("--token-delay-ms", type=float, default=0.0, help="pause before each streamed event")
     parser.add_argument("--model-id", default="stub")
+    parser.add_argument("--keep-alive-s", type=float, default=0.0, help="close connections idle this long (0: never)")
     args = parser.parse_args()
-    stub = Stub(args.delay_ms / 1e3, args.token_delay_ms / 1e3, args.model_id)
+    stub = Stub(args.delay_ms / 1e3, args.token_delay_ms / 1e3, args.model_id, args.keep_alive_s)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.host, args.port, stub))
 

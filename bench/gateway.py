@@ -160,6 +160,7 @@ def main() -> None:
             "SOPPU_GATEWAY_BACKENDS": json.dumps([{"url": f"http://127.0.0.1:{stub_port}", "kind": "engine"}]),
             "SOPPU_GATEWAY_USER_REQUESTS_PER_S": "0",  # one user drives all the load: limits off
             "SOPPU_GATEWAY_USER_TOKENS_PER_S": "0",
+            "SOPPU_GATEWAY_USER_MAX_IN_FLIGHT": "0",
             "SOPPU_GATEWAY_MAX_CONCURRENT_REQUESTS": str(4 * max(args.concurrency)),
         }
         gateway_cmd = [sys.executable, "-m", "gateway_service", "--port", str(gateway_port)]

@@ -1,4 +1,5 @@
-"""The benchmark scripts still run and print their JSON report (tiny sizes; no timing is asserted)."""
+"""The benchmark scripts still run and print their JSON report (tiny sizes; no timing is asserted); the gateway's
+load drill, in its quick form, drops no connection and answers no unplanned 5xx."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ def test_bench_script_prints_a_report_with_ratios(script: str, args: list[str]) 
     assert "ratio_median" in result.stdout  # ladder.py: cpu_s_ratio_median
 
 
+def test_the_load_drill_drops_nothing_and_answers_no_unplanned_5xx() -> None:
+    command = [sys.executable, str(BENCH / "load_drill.py"), "--quick"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["requests"] == report["config"]["requests"]
+    assert (report["dropped"], report["server_errors"], report["unplanned"]) == (0, 0, 0), report
+    assert report["ok"] and report["gateway_alive"]
+
+
 def test_every_bench_script_is_covered() -> None:
     scripts = {p.name for p in BENCH.glob("*.py") if not p.name.startswith("_")}
     assert scripts == {
@@ -44,4 +55,5 @@ def test_every_bench_script_is_covered() -> None:
         "gateway.py",
         "compressor.py",
         "ladder.py",
+        "load_drill.py",
     }  # a new script needs a smoke test above
