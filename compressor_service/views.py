@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from soppu.adapter import Limits
+from soppu.adapter.fits import check_fits
 from soppu.auth import KeyRing, Principal, Role
 from soppu.errors import InvalidName, ObjectNotFound
 from soppu.registry import JobRecord, JobState
@@ -56,24 +57,28 @@ def _report(version: AdapterVersion, report: dict[str, Any] | None) -> JobReport
 
 
 def accept(
-    store: ObjectStore,
+    pipeline: Pipeline,
+    keys: KeyRing,
+    principal: Principal,
     limits: Limits,
     user_id: str,
     body: BinaryIO,
     content_type: str,
     workdir: Path,
     idempotency: str | None,
-    keys: KeyRing,
-    principal: Principal,
 ) -> tuple[JobRecord, bool]:
-    """Parse and validate the multipart body, then store the original and its queued job (nothing is stored
-    unless every check passed). (the job, whether it is new): not new for a repeated Idempotency-Key. An upload
-    that a deletion of its user (or the revocation of its key) overtook while its body streamed is withdrawn."""
+    """Parse and validate the multipart body (it must fit the served base model, when the compressor has it),
+    then store the original and its queued job (nothing is stored unless every check passed). (the job, whether
+    it is new): not new for a repeated Idempotency-Key. An upload that a deletion of its user (or the revocation
+    of its key) overtook while its body streamed is withdrawn."""
     if idempotency is not None and not 0 < len(idempotency) <= _MAX_IDEMPOTENCY_KEY:
         raise ApiError("bad_request", f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters")
+    store = pipeline.store
     form = parse_form(body, content_type, workdir, limits.max_archive_members)
     name = check_name(form.fields.get(NAME_FIELD, DEFAULT_ADAPTER), "adapter")
-    files, _adapter = collect(form, limits)
+    files, adapter = collect(form, limits)
+    if pipeline.base_shapes is not None:
+        check_fits(adapter, pipeline.base_shapes, pipeline.gate.base_model or "the compressor's base model")
     job, is_new = accept_upload(store, user_id, name, files, idempotency)
     refusal = _deleted_meanwhile(store, keys, principal, user_id)
     if refusal is not None:

@@ -42,3 +42,15 @@ def load_causal_lm(path: Path | str, device: str = "auto") -> tuple[torch.nn.Mod
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return model.to(resolve_device(device)).eval(), tokenizer
+
+
+def linear_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """``(d_out, d_in)`` of every linear layer a LoRA could adapt, by module path (``model.layers.0.mlp.up_proj``).
+    GPT-2 style ``Conv1D`` layers (weights stored transposed) count too."""
+    shapes = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            shapes[name] = (module.out_features, module.in_features)
+        elif type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+            shapes[name] = (int(module.nf), int(module.weight.shape[0]))
+    return shapes

@@ -73,7 +73,7 @@ async def upload_adapter(
     user_id: str,
     request: Request,
     principal: PrincipalDep,
-    store: StoreDep,
+    pipeline: PipelineDep,
     keys: KeysDep,
     runner: RunnerDep,
     settings: SettingsDep,
@@ -96,15 +96,15 @@ async def upload_adapter(
             size = await spool_body(request, body, settings.max_upload_bytes)
             job, is_new = await asyncio.to_thread(
                 accept,
-                store,
+                pipeline,
+                keys,
+                principal,
                 settings.limits(),
                 user_id,
                 body,
                 content_type,
                 Path(workdir),
                 idempotency_key,
-                keys,
-                principal,
             )
     except (SoppuError, ApiError) as e:
         metrics.rejections.labels(code=e.code).inc()

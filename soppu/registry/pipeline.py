@@ -19,6 +19,7 @@ the ladder again).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections import defaultdict
@@ -33,6 +34,7 @@ from soppu.compression.accounting import bases_parameters, core_parameters
 from soppu.compression.format import bases_bytes, core_bytes, read_bases
 from soppu.compression.model import Cluster, CompressedAdapter
 from soppu.errors import ObjectExists, ObjectNotFound, SoppuError, StoreError
+from soppu.models import linear_shapes
 from soppu.peft_files import PROBES_NAME
 from soppu.registry.ladder import climb, served_by
 from soppu.registry.policy import CompressionPolicy, QualityGate, cohort_name
@@ -66,6 +68,11 @@ class Pipeline:
         self._guard = threading.Lock()
         self._bases: dict[str, Compression] = {}  # basis key -> the compression skeleton (bases, no adapters)
         self.on_published: Callable[[AdapterVersion], None] = lambda version: None
+
+    @functools.cached_property
+    def base_shapes(self) -> dict[str, tuple[int, int]] | None:
+        """The served base model's linear layers (when the gate has the model), which every upload must fit."""
+        return None if self.gate.model is None else linear_shapes(self.gate.model[0])
 
     def lock(self, name: str) -> threading.Lock:
         with self._guard:

@@ -200,15 +200,18 @@ def test_probes_travel_with_the_upload_and_the_gate_checks_them(
         assert exported and all(k.rsplit("/", 1)[1] in (CONFIG_NAME, WEIGHTS_NAME) for k in exported)
 
 
-def test_an_adapter_the_base_model_does_not_fit_is_gated_on_its_errors_alone(compressor: Compressor) -> None:
-    from adapter_factory import make_files, parts  # 16-wide modules of another base model
+def test_an_adapter_the_served_base_model_does_not_fit_is_refused_and_nothing_is_stored(
+    compressor: Compressor,
+) -> None:
+    # Issue 13 item 15: 16-wide modules of another base model were accepted (202) and stored, never servable.
+    from adapter_factory import make_files, parts
 
     with compressor.client() as client:
         response = upload(client, "gina", file_parts(parts(make_files(seed=3))))
-        assert response.status_code == 202, response.text
-        job = wait_for_job(client, response.json()["job_id"])
-    assert job["state"] == "done" and job["report"]["gate"]["behaviour"] is None
-    assert job["report"]["served_from"] == "compressed"
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "shape_mismatch" and "served base model" in error["message"]
+    assert not compressor.keys("originals/gina/")
 
 
 def test_idempotency_key_same_body_same_job_other_body_conflict(
