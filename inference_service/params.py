@@ -2,8 +2,9 @@
 ``AdapterRef``. Every rejection is a ``ValidationFailed`` (422) naming the field and the value.
 
 Sampling follows LoRAX: it is on when ``do_sample`` is true or when a sampling knob would change the choice
-(a temperature other than 1, ``top_k``, ``top_p`` < 1); ``temperature: 0`` means greedy. Options the engine
-does not implement are refused rather than ignored when they would change the output.
+(a temperature other than 1, ``top_k``, ``top_p`` < 1); ``temperature: 0`` means greedy. The knobs' ranges are
+:mod:`soppu.sampling`'s, the same the gateway checks. Options the engine does not implement are refused rather
+than ignored when they would change the output.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
+
+from soppu.sampling import sampling_problems
 
 from .engine import AdapterRef, AdapterSourceKind, GenerationParams, ValidationFailed
 from .schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, GenerateParameters
@@ -53,6 +56,9 @@ def _refuse_unsupported(p: GenerateParameters) -> None:
 
 
 def generation_params(p: GenerateParameters, settings: EngineSettings) -> GenerationParams:
+    problems = sampling_problems(p.model_dump())
+    if problems:
+        raise ValidationFailed(problems[0].describe("parameters."))
     _refuse_unsupported(p)
     max_new_tokens = settings.default_max_new_tokens if p.max_new_tokens is None else p.max_new_tokens
     if max_new_tokens <= 0:
@@ -174,9 +180,13 @@ def chat_parameters(req: ChatCompletionRequest, model_id: str) -> GenerateParame
     )
 
 
-def render_chat(tokenizer: Any, messages: list[ChatMessage]) -> str:
-    """The prompt for a chat: the tokenizer's chat template when it has one, else a plain transcript."""
+def render_chat(tokenizer: Any, messages: list[ChatMessage], max_chars: int) -> str:
+    """The prompt for a chat: the tokenizer's chat template when it has one, else a plain transcript. Messages
+    over ``max_chars`` in all are refused before the template runs (on the event loop, so it must stay cheap)."""
     turns = [{"role": m.role, "content": m.text()} for m in messages]
+    size = sum(len(t["content"]) for t in turns)
+    if size > max_chars:
+        raise ValidationFailed(f"messages have {size} characters, more than max_input_chars {max_chars}")
     if getattr(tokenizer, "chat_template", None):
         return str(tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
     return "".join(f"{t['role']}: {t['content']}\n" for t in turns) + "assistant:"

@@ -40,3 +40,28 @@ def test_openai_model_names_the_adapter() -> None:
         ref("some-hub/adapter")
     with pytest.raises(ValidationFailed, match="stop"):
         completion_parameters(CompletionRequest(model="base", prompt="x", stop=["a"] * 5), "base")
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"temperature": 1e-300}, "temperature"),  # logits / 1e-300 overflow float32: NaN probabilities
+        ({"temperature": float("inf")}, "temperature"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+        ({"repetition_penalty": 1e-300}, "repetition_penalty"),
+        ({"seed": 2**64}, "seed"),  # torch's generator cannot take it (was a 500)
+        ({"top_k": 2**31}, "top_k"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
+    ],
+)
+def test_sampling_values_outside_the_limits_are_refused(values: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationFailed, match=rf"`parameters\.{field}`"):
+        generation_params(GenerateParameters(**values), SETTINGS)  # type: ignore[arg-type]
+    openai = CompletionRequest(model="default", prompt="x", **values)  # type: ignore[arg-type]
+    with pytest.raises(ValidationFailed, match=field):
+        generation_params(completion_parameters(openai, "base"), SETTINGS)
+
+
+def test_sampling_limits_keep_their_edges() -> None:
+    for values in ({"seed": 2**64 - 1}, {"temperature": 0}, {"temperature": 0.01}, {"temperature": 100.0}):
+        generation_params(GenerateParameters(**values), SETTINGS)  # type: ignore[arg-type]
