@@ -3,7 +3,8 @@ backend kind, forward it, and shape what comes back.
 
 What is forwarded is rebuilt from the parsed request, never copied: the upstream body carries the gateway's
 adapter id and source (never the client's), no ``api_token``, no ``merged_adapters`` (it would name other
-users' adapters), and ``max_new_tokens`` with the default and cap applied; the upstream headers are only
+users' adapters), and ``max_new_tokens`` with the default and cap applied; sampling parameters outside
+:mod:`soppu.sampling`'s limits are refused (422) before anything is forwarded; the upstream headers are only
 content type, request id and W3C trace context, so no ``Authorization``, ``X-API-Key`` or cookie reaches a
 backend. Successful answers pass through as bytes (JSON) or event by event (SSE); the OpenAI routes put the
 adapter name back where the backend echoes its storage id (``model``). Backend errors keep their status.
@@ -22,6 +23,7 @@ import httpx
 from fastapi import Response
 
 from soppu.auth import Role
+from soppu.sampling import sampling_problems
 
 from .errors import InvalidRequest
 from .routing import Backend
@@ -52,6 +54,14 @@ def _lorax_tokens(event: bytes) -> int:
 def _openai_tokens(event: bytes) -> int:
     # One chunk per token; the closing chunk carries a finish reason instead of null.
     return 1 if b'"finish_reason":null' in event else 0
+
+
+def _refuse_bad_sampling(values: dict[str, Any], prefix: str) -> None:
+    """The engine's sampling limits, checked before anything is forwarded: a value no backend can sample with
+    (``temperature: 1e-300`` gives NaN probabilities) would otherwise fail every request batched with it."""
+    problems = sampling_problems(values)
+    if problems:
+        raise InvalidRequest(problems[0].describe(prefix))
 
 
 def _admit(call: Call, named_user: str | None) -> str:
@@ -201,6 +211,7 @@ async def generate(call: Call, body: GenerateRequest, mode: Mode) -> Response:
     p = body.parameters
     if p.merged_adapters is not None:
         raise InvalidRequest("`parameters.merged_adapters` is not allowed through the gateway: it names other adapters")
+    _refuse_bad_sampling(p.model_dump(), "parameters.")
     gateway = call.gateway
     user = _admit(call, body.user_id)
     params = p.model_dump(exclude_none=True, exclude=_LORAX_NOT_FORWARDED)
@@ -234,6 +245,7 @@ async def generate(call: Call, body: GenerateRequest, mode: Mode) -> Response:
 async def openai(call: Call, body: CompletionRequest | ChatCompletionRequest, path: str) -> Response:
     """``/v1/completions`` and ``/v1/chat/completions``: ``model`` is the adapter name."""
     gateway = call.gateway
+    _refuse_bad_sampling(body.model_dump(), "")
     named = body.user_id or (body.user if call.principal.role is not Role.USER else None)
     user = _admit(call, named)
     fields = body.model_dump(exclude_none=True, exclude=_OPENAI_NOT_FORWARDED)
