@@ -24,6 +24,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, help="directory of the base model (default .cache/examples/base)")
     parser.add_argument("--model-id", help="name reported by /info and accepted as OpenAI `model` for the base")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
+    parser.add_argument(
+        "--local-adapter-root",
+        dest="local_adapter_roots",
+        type=Path,
+        action="append",
+        help="a directory local adapters may come from (repeat for more; default: local adapters are refused)",
+    )
+    parser.add_argument(
+        "--s3-bucket",
+        dest="s3_buckets",
+        action="append",
+        help="an S3 bucket (or fnmatch pattern) adapters may come from (repeat for more; default: the bucket of "
+        "SOPPU_STORE_URL)",
+    )
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
 
@@ -36,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         "model": args.model,
         "model_id": args.model_id,
         "device": args.device,
+        "local_adapter_roots": args.local_adapter_roots,
+        "s3_buckets": args.s3_buckets,
     }
     # Init arguments take precedence over the environment in pydantic-settings.
     settings = EngineSettings(**{name: value for name, value in flags.items() if value is not None})

@@ -3,7 +3,8 @@ loads the model, starts the engine's batching loop and stops it on shutdown.
 
 Every error answers with LoRAX's body ``{"error": str, "error_type": str}`` and LoRAX's status codes:
 422 ``validation`` (our checks and FastAPI's request validation alike), 424 ``generation``, 429 ``overloaded``,
-500 ``incomplete_generation``.
+500 ``incomplete_generation``; and ours, 403 ``adapter_refused`` (a bucket or path this engine does not serve).
+No error body carries an exception's text or a storage path.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException
 
 from soppu.protocol.request_body import BodyGuard
 
-from .engine import Engine, EngineConfig, EngineError
+from .engine import Engine, EngineConfig, EngineError, SourceRules
 from .metrics import ServiceMetrics
 from .routes import lorax, openai, ops
 from .settings import EngineSettings, get_settings
@@ -39,7 +40,12 @@ def _engine_config(settings: EngineSettings) -> EngineConfig:
         max_input_length=settings.max_input_length,
         max_total_tokens=settings.max_total_tokens,
         model_id=settings.model_id,
+        max_input_chars=settings.max_input_chars,
+        sources=SourceRules(settings.served_buckets(), tuple(settings.local_adapter_roots)),
     )
+
+
+_SHOWN_CHARS = 80
 
 
 def _error(status: int, message: str, error_type: str) -> JSONResponse:
@@ -51,13 +57,18 @@ async def _on_engine_error(_: Request, e: Exception) -> JSONResponse:
     return _error(e.status, e.message, e.error_type)
 
 
+def _shown(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= _SHOWN_CHARS else shown[:_SHOWN_CHARS] + "..."  # never echo a 1 MiB input
+
+
 async def _on_request_invalid(_: Request, e: Exception) -> JSONResponse:
     assert isinstance(e, RequestValidationError)
     # "parameters.top_k: Input should be greater than 0 (got 0)": the field path without the leading "body"
     problems = []
     for err in e.errors():
         where = ".".join(str(part) for part in err["loc"] if part != "body")
-        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict | list) else ""
+        got = f" (got {_shown(err['input'])})" if "input" in err and not isinstance(err["input"], dict | list) else ""
         problems.append(f"{where}: {err['msg']}{got}")
     return _error(422, "; ".join(problems), "validation")
 
@@ -68,8 +79,9 @@ async def _on_http_error(_: Request, e: Exception) -> JSONResponse:
 
 
 async def _on_unexpected(_: Request, e: Exception) -> JSONResponse:
-    # Not logged here: Starlette re-raises after this answer, and the server logs the traceback.
-    return _error(500, f"{type(e).__name__}: {e}", EngineError.error_type)
+    # Not logged here: Starlette re-raises after this answer, and the server logs the traceback. The client gets
+    # no exception text: it can hold storage paths or internals.
+    return _error(500, "internal error", EngineError.error_type)
 
 
 def _refuse_body(status: int, message: str) -> bytes:

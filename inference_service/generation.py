@@ -26,10 +26,11 @@ Item = TokenInfo | GenerationResult
 
 
 def _failure(metrics: ServiceMetrics, e: Exception) -> EngineError:
-    """Count a failure; an unexpected exception becomes LoRAX's 500 ``incomplete_generation``."""
+    """Count a failure; an unexpected exception becomes LoRAX's 500 ``incomplete_generation``, its text logged
+    and never sent (it can name storage paths or internals)."""
     if not isinstance(e, EngineError):
         _log.error("generation failed", exc_info=e)
-        e = EngineError(f"generation failed: {type(e).__name__}: {e}")
+        e = EngineError("generation failed")
     metrics.failed(e.error_type)
     return e
 

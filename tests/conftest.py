@@ -7,6 +7,7 @@ they exercise the same client code, retries and error parsing a MinIO deployment
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -116,6 +117,10 @@ def engine_process(
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
+        # The engine reads nothing it is not told to: the buckets the tests create (s3_store's test-*, the
+        # gateway tests' gw-*) and the example users' adapters.
+        "SOPPU_ENGINE_S3_BUCKETS": json.dumps(["test-*", "gw-*"]),
+        "SOPPU_ENGINE_LOCAL_ADAPTER_ROOTS": json.dumps([str(examples_dir)]),
     }
     model = str(examples_dir / "base")
 

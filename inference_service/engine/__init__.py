@@ -12,9 +12,11 @@ No web framework here: :mod:`inference_service.app` is the HTTP layer over :clas
 
 from .cache import AdapterCache, CacheStats
 from .scheduler import Engine, EngineConfig, EngineInfo, EngineStats
+from .sources import SourceRules
 from .types import (
     AdapterLoadFailed,
     AdapterRef,
+    AdapterRefused,
     AdapterSourceKind,
     EngineError,
     FinishReason,
@@ -30,6 +32,7 @@ __all__ = [
     "AdapterCache",
     "AdapterLoadFailed",
     "AdapterRef",
+    "AdapterRefused",
     "AdapterSourceKind",
     "CacheStats",
     "Engine",
@@ -42,6 +45,7 @@ __all__ = [
     "GenerationParams",
     "GenerationResult",
     "Overloaded",
+    "SourceRules",
     "TokenInfo",
     "ValidationFailed",
 ]

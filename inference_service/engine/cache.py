@@ -6,12 +6,19 @@ location's listing is re-read at most every ``revalidate_s`` seconds (0: on ever
 
 Concurrent requests for one cold adapter share one load (and so one download). A compressed adapter is its
 core (a few KB) plus its cohort's bases, which are loaded once and shared by every core that names the same
-``basis_id``; the bases are budgeted as their own entry.
+``basis_id``. Bases are not LRU entries of their own: they are reference-counted by the cached cores that use
+them, counted in the budget once while any cached core holds them, dropped with the last such core, and reused
+(never loaded twice) while they are held.
+
+Every load failure reaches the caller as an error naming the ``adapter_id`` it asked for and a client-safe
+reason; storage paths and error texts are logged here instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -19,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from soppu.adapter.archive import CONFIG_NAME, WEIGHTS_NAME
+from soppu.compression.model import Mode
 from soppu.store.layout import CORE_NAME
 
 from .formats import (
@@ -32,10 +40,13 @@ from .formats import (
     load_lora,
     parse_core,
 )
-from .sources import SOURCES, AdapterSource, Location
-from .types import AdapterLoadFailed, AdapterRef, AdapterSourceKind
+from .sources import SOURCES, AdapterSource, Location, SourceRules
+from .types import AdapterLoadFailed, AdapterRef, AdapterRefused, AdapterSourceKind, EngineError
 
 __all__ = ["AdapterCache", "CacheStats"]
+
+log = logging.getLogger(__name__)
+BasisKey = tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +56,44 @@ class CacheStats:
     downloads: int  # files fetched from a source since start
     hits: int
     misses: int
+    bases: int = 0  # distinct cohort bases held for the cached cores (their bytes are in ``bytes``, once)
+
+
+def _basis_key(basis_id: str, mode: Mode) -> BasisKey:
+    # The basis_id is the SHA-256 of the bases' tensors (checked on read): equal ids are equal bases, wherever
+    # they were read from.
+    return ("bases", basis_id, mode)
+
+
+@dataclass(slots=True)
+class _Entry:
+    value: LoadedLora | LoadedCore
+    nbytes: int  # the adapter's own bytes (a core's, without its bases)
+    basis: BasisKey | None = None  # the bases a core holds a reference on
+
+
+@dataclass(slots=True)
+class _HeldBasis:
+    value: LoadedBasis
+    users: int  # cached cores on it; at 0 it is dropped
 
 
 class AdapterCache:
-    def __init__(self, shapes: ModelShapes, *, budget_bytes: int, revalidate_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        shapes: ModelShapes,
+        *,
+        budget_bytes: int,
+        revalidate_s: float = 1.0,
+        rules: SourceRules | None = None,
+    ) -> None:
         self._shapes = shapes
         self._budget = budget_bytes
         self._revalidate_s = revalidate_s
-        self._sources: dict[AdapterSourceKind, AdapterSource] = {kind: cls() for kind, cls in SOURCES.items()}
-        self._entries: OrderedDict[tuple[Any, ...], tuple[Any, int]] = OrderedDict()  # key -> (value, bytes)
+        rules = rules or SourceRules()
+        self._sources: dict[AdapterSourceKind, AdapterSource] = {kind: new(rules) for kind, new in SOURCES.items()}
+        self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
+        self._bases: dict[BasisKey, _HeldBasis] = {}
         self._inflight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
         self._listings: dict[Location, tuple[float, dict[str, str]]] = {}
         self._bytes = 0
@@ -61,14 +101,31 @@ class AdapterCache:
 
     @property
     def stats(self) -> CacheStats:
-        return CacheStats(len(self._entries), self._bytes, self._downloads, self._hits, self._misses)
+        entries, bases = len(self._entries), len(self._bases)
+        return CacheStats(entries, self._bytes, self._downloads, self._hits, self._misses, bases)
 
     async def get(self, ref: AdapterRef) -> LoadedLora | LoadedCore:
-        """The loaded adapter ``ref`` names; AdapterLoadFailed if it is missing or invalid."""
+        """The loaded adapter ``ref`` names. AdapterRefused if this engine may not read it, AdapterLoadFailed if
+        it is missing or invalid; either names ``ref.adapter_id`` and nothing else of the storage."""
+        try:
+            return await self._get(ref)
+        except AdapterRefused as e:
+            log.warning("adapter %r (%s) refused: %s", ref.adapter_id, ref.source.value, e.message)
+            raise AdapterRefused(f"adapter {ref.adapter_id!r} is refused: {e.message}") from e
+        except AdapterLoadFailed as e:
+            log.warning("adapter %r (%s) failed to load: %s", ref.adapter_id, ref.source.value, e.detail or e.message)
+            raise AdapterLoadFailed(f"adapter {ref.adapter_id!r} could not be loaded: {e.message}") from e
+        except EngineError:
+            raise
+        except Exception as e:  # a bug or an unwrapped library error: its text may hold paths, so log it only
+            log.exception("adapter %r (%s) failed to load", ref.adapter_id, ref.source.value)
+            raise AdapterLoadFailed(f"adapter {ref.adapter_id!r} could not be loaded") from e
+
+    async def _get(self, ref: AdapterRef) -> LoadedLora | LoadedCore:
         source = self._sources[ref.source]
         location = source.locate(ref.adapter_id)
         files = await self._listing(source, location)
-        kind = "soppu-core" if location.only else detect_format(set(files), str(location))
+        kind = "soppu-core" if location.only else detect_format(set(files), "its location")
         key = (ref.source, location, kind, tuple(sorted(files.items())))
         return await self._single_flight(key, lambda: self._load(source, location, kind, files))
 
@@ -80,17 +137,21 @@ class AdapterCache:
             return cached[1]
         files = await asyncio.to_thread(source.listing, location)
         if not files:
-            raise AdapterLoadFailed(f"no adapter at {location}")
+            raise AdapterLoadFailed("no adapter was found there", detail=f"{location} holds no files")
         if len(self._listings) > 4096:  # bounded: listings are cheap to redo
             self._listings.clear()
         self._listings[location] = (time.monotonic(), files)
         return files
 
-    async def _single_flight(self, key: tuple[Any, ...], load: Callable[[], Awaitable[Any]]) -> Any:
+    async def _single_flight(
+        self, key: tuple[Any, ...], load: Callable[[], Awaitable[Any]], *, cache: bool = True
+    ) -> Any:
+        """One load per ``key`` at a time, its result shared; kept as an LRU entry when ``cache`` (bases are
+        not: :meth:`_hold` keeps them for as long as a cached core uses them)."""
         if key in self._entries:
             self._entries.move_to_end(key)
             self._hits += 1
-            return self._entries[key][0]
+            return self._entries[key].value
         if key in self._inflight:
             self._hits += 1
             return await asyncio.shield(self._inflight[key])
@@ -105,19 +166,46 @@ class AdapterCache:
             raise
         finally:
             del self._inflight[key]
+        if cache:
+            value = self._insert(key, value)
         future.set_result(value)
-        self._insert(key, value)
         return value
 
-    def _insert(self, key: tuple[Any, ...], value: Any) -> None:
-        size = value.nbytes
-        self._entries[key] = (value, size)
-        self._bytes += size
+    def _insert(self, key: tuple[Any, ...], value: LoadedLora | LoadedCore) -> LoadedLora | LoadedCore:
+        """Keep ``value``, evicting as the budget needs; returns what is kept (a core put on the held bases)."""
+        basis = None
+        if isinstance(value, LoadedCore):
+            basis = self._hold(value.basis)
+            held = self._bases[basis].value
+            if held is not value.basis:  # its bases were loaded again while another core's load held them
+                value = dataclasses.replace(value, basis=held)
+        self._entries[key] = _Entry(value, value.nbytes, basis)
+        self._bytes += value.nbytes
         # Evict least recently used entries, never the one just loaded. Evicted adapters that running requests
         # still hold stay alive until those finish; only the cache forgets them.
         while self._bytes > self._budget and len(self._entries) > 1:
-            _, (_, evicted) = self._entries.popitem(last=False)
-            self._bytes -= evicted
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.nbytes
+            if evicted.basis is not None:
+                self._release(evicted.basis)
+        return value
+
+    def _hold(self, basis: LoadedBasis) -> BasisKey:
+        key = _basis_key(basis.basis_id, basis.mode)
+        held = self._bases.get(key)
+        if held is None:
+            self._bases[key] = _HeldBasis(basis, 1)
+            self._bytes += basis.nbytes  # counted once, however many cores share it
+        else:
+            held.users += 1
+        return key
+
+    def _release(self, key: BasisKey) -> None:
+        held = self._bases[key]
+        held.users -= 1
+        if held.users == 0:
+            del self._bases[key]
+            self._bytes -= held.value.nbytes
 
     async def _read(self, source: AdapterSource, location: Location, name: str) -> bytes:
         self._downloads += 1
@@ -126,26 +214,32 @@ class AdapterCache:
     async def _load(
         self, source: AdapterSource, location: Location, kind: str, files: dict[str, str]
     ) -> LoadedLora | LoadedCore:
-        where = str(location)
         if kind == "peft":
             data = {name: await self._read(source, location, name) for name in (CONFIG_NAME, WEIGHTS_NAME)}
-            return await asyncio.to_thread(load_lora, data, self._shapes, where)
+            return await asyncio.to_thread(load_lora, data, self._shapes, "PEFT files")
         core_name = location.only or CORE_NAME
         core_data = await self._read(source, location, core_name)
-        core = await asyncio.to_thread(parse_core, core_data, where)
+        core = await asyncio.to_thread(parse_core, core_data, "core")
         basis_id, bases_ref = core.basis_id, core.bases_ref
         if bases_ref is None:
-            raise AdapterLoadFailed(f"{where}: the core does not say where its bases are (metadata 'bases')")
-        bases_location, bases_name = location.relative(bases_ref)
-        basis = await self._single_flight(
-            ("bases", location.source, location.root, basis_id),
-            lambda: self._load_basis(source, bases_location, bases_name, basis_id),
-        )
-        return await asyncio.to_thread(load_core, core, basis, self._shapes, where)
+            raise AdapterLoadFailed("the core does not say where its bases are (metadata 'bases')")
+        held = self._bases.get(_basis_key(basis_id, core.meta.mode))
+        if held is not None:  # a cached core already holds these bases: never a second copy
+            basis = held.value
+        else:
+            bases_location, bases_name = location.relative(bases_ref)
+            basis = await self._single_flight(
+                ("loading", *_basis_key(basis_id, core.meta.mode)),
+                lambda: self._load_basis(source, bases_location, bases_name, basis_id),
+                cache=False,
+            )
+        return await asyncio.to_thread(load_core, core, basis, self._shapes, "core")
 
     async def _load_basis(self, source: AdapterSource, location: Location, name: str, basis_id: str) -> LoadedBasis:
         data = await self._read(source, location, name)
-        basis = await asyncio.to_thread(load_basis, data, self._shapes, f"{location}/{name}")
+        basis = await asyncio.to_thread(load_basis, data, self._shapes, "bases")
         if basis.basis_id != basis_id:
-            raise AdapterLoadFailed(f"{location}/{name} holds basis {basis.basis_id}, the core needs {basis_id}")
+            raise AdapterLoadFailed(
+                f"its bases hold basis {basis.basis_id}, the core needs {basis_id}", detail=f"{location}/{name}"
+            )
         return basis

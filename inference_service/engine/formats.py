@@ -4,6 +4,9 @@ Each format turns validated files into tensors ready for :mod:`inference_service
 model's device and dtype, after checking every module against the model it will run in. Where the bytes
 come from is :mod:`inference_service.engine.sources`' business; the formats are picked from a dict by which
 files a location holds.
+
+Every ``where`` these functions take is a label for the part being read ("core", "bases"), and it ends up in
+the client's error message: callers never pass a storage path.
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
 """The engine: continuous batching of concurrent requests, each with its own adapter (or none).
 
-A request is validated, its adapter is fetched through the cache (errors surface before any token), and it
-waits in a bounded queue. One loop owns the model: at every token boundary it admits waiting requests (a
-prefill of their prompts, which yields their first token) into the running batch, or advances every running
-row by one token in a single forward pass. Finished and cancelled rows leave between steps. Tokens reach each
-request's async iterator as soon as they are chosen.
+A request is validated (its prompt's length in characters first, then its tokens, counted in a worker thread
+so a long prompt never stalls the event loop the other streams are served from), its adapter is fetched
+through the cache (errors surface before any token), and it waits in a bounded queue. One loop owns the
+model: at every token boundary it admits waiting requests (a prefill of their prompts, which yields their first
+token) into the running batch, or advances every running row by one token in a single forward pass. Finished
+and cancelled rows leave between steps. Tokens reach each request's async iterator as soon as they are chosen.
+A row whose sampling fails (its logits or its parameters give no valid distribution) fails alone; only a
+failed forward pass fails every row it carried.
+
+What clients read in an error never holds an exception's text; the log gets the traceback.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from typing import Any
 import torch
 
 from soppu.models import load_causal_lm
+from soppu.sampling import SAMPLING_LIMITS
 
 from .cache import AdapterCache
 from .kv import BatchKV
 from .layers import BatchPlan
 from .runner import Loaded, ModelRunner
 from .sampling import choose_tokens, make_generator
+from .sources import SourceRules
 from .text import TextStream
 from .types import (
     AdapterRef,
@@ -57,6 +64,9 @@ class EngineConfig:
     max_total_tokens: int = 2048
     model_id: str | None = None
     adapter_revalidate_s: float = 1.0
+    # Longer prompts are refused before tokenizing: tokenizing costs time linear in the characters.
+    max_input_chars: int = 65536
+    sources: SourceRules = field(default_factory=SourceRules)  # nothing readable unless configured
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,10 @@ class Engine:
         model, self.tokenizer = load_causal_lm(config.model_path, config.device)
         self.runner = ModelRunner(model)
         self.cache = AdapterCache(
-            self.runner.shapes, budget_bytes=config.adapter_cache_bytes, revalidate_s=config.adapter_revalidate_s
+            self.runner.shapes,
+            budget_bytes=config.adapter_cache_bytes,
+            revalidate_s=config.adapter_revalidate_s,
+            rules=config.sources,
         )
         self._special = set(self.tokenizer.all_special_ids)
         self._eos = self.tokenizer.eos_token_id
@@ -159,7 +172,7 @@ class Engine:
         self, prompt: str, params: GenerationParams, adapter: AdapterRef | None = None
     ) -> AsyncGenerator[TokenInfo | GenerationResult, None]:
         """Yield each generated token, then the result. Errors before the first token raise on first ``anext``."""
-        ids = self._validate(prompt, params)
+        ids = await self._validate(prompt, params)
         if len(self._waiting) >= self.config.max_queue:
             raise Overloaded(f"the queue is full ({self.config.max_queue} requests waiting)")
         loaded = await self.cache.get(adapter) if adapter is not None else None
@@ -181,15 +194,27 @@ class Engine:
 
     # --- validation ------------------------------------------------------------------------------------
 
-    def _validate(self, prompt: str, params: GenerationParams) -> list[int]:
+    async def tokenize(self, prompt: str, **options: Any) -> Any:
+        """The tokenizer's encoding of ``prompt``, computed in a worker thread (the fast tokenizer releases the
+        GIL), after the cheap character cap: no prompt costs the event loop more than a ``len``."""
+        if len(prompt) > self.config.max_input_chars:
+            raise ValidationFailed(
+                f"inputs has {len(prompt)} characters, more than max_input_chars {self.config.max_input_chars}"
+            )
+        return await asyncio.to_thread(self.tokenizer, prompt, **options)
+
+    async def _validate(self, prompt: str, params: GenerationParams) -> list[int]:
         c = self.config
-        ids = self.tokenizer(prompt)["input_ids"]
+        ids: list[int] = (await self.tokenize(prompt))["input_ids"]
         if not ids:
             raise ValidationFailed("inputs must not be empty")
         if len(ids) > c.max_input_length:
             raise ValidationFailed(f"inputs has {len(ids)} tokens, more than max_input_length {c.max_input_length}")
         if params.max_new_tokens < 1:
             raise ValidationFailed("max_new_tokens must be at least 1")
+        if params.seed is not None and not 0 <= params.seed <= SAMPLING_LIMITS.max_seed:
+            # torch's generator cannot take it; the HTTP layer refuses it first, this guards direct callers
+            raise ValidationFailed(f"seed must be >= 0 and <= {SAMPLING_LIMITS.max_seed}")
         if len(ids) + params.max_new_tokens > c.max_total_tokens:
             raise ValidationFailed(
                 f"inputs tokens + max_new_tokens must be <= {c.max_total_tokens}; "
@@ -213,9 +238,9 @@ class Engine:
                     await self._step()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # a failed forward pass fails its rows, never the loop
+            except Exception:  # a failed forward pass fails its rows, never the loop
                 log.exception("generation step failed")
-                self._fail_running(GenerationFailed(f"generation failed: {type(e).__name__}: {e}"))
+                self._fail_running(GenerationFailed("generation failed"))
 
     def _drop_cancelled(self) -> None:
         self._waiting = deque(s for s in self._waiting if not s.cancelled)
@@ -230,10 +255,10 @@ class Engine:
             logits, kv = await asyncio.to_thread(
                 self.runner.prefill, [s.prompt for s in new], [s.adapter for s in new], all_logits=details
             )
-        except Exception as e:
+        except Exception:
             log.exception("prefill failed")
             for seq in new:
-                seq.out.put_nowait(GenerationFailed(f"prefill failed: {type(e).__name__}: {e}"))
+                seq.out.put_nowait(GenerationFailed("prefill failed"))
             return
         now = time.perf_counter()
         for i, seq in enumerate(new):
@@ -262,7 +287,13 @@ class Engine:
             lambda i: seqs[i].prompt + seqs[i].generated,
             [s.generator for s in seqs],
         )
-        for row, seq, (token, logprob) in zip(rows, seqs, chosen, strict=True):
+        for row, seq, choice in zip(rows, seqs, chosen, strict=True):
+            if choice is None:
+                log.warning("sampling gave no valid distribution for a row (%s); failing that request", seq.params)
+                seq.out.put_nowait(GenerationFailed("sampling failed: the parameters gave no valid distribution"))
+                finished.add(row)
+                continue
+            token, logprob = choice
             seq.generated.append(token)
             text = seq.text.push(token)
             reason = self._finish_reason(seq, token)

@@ -5,9 +5,13 @@ Error tree (``status`` is the HTTP status LoRAX answers with, ``error_type`` its
 
     EngineError                     500 incomplete_generation
     ├── ValidationFailed            422 validation      bad parameters or prompt
+    ├── AdapterRefused              403 adapter_refused a source, bucket or path this engine does not serve
     ├── AdapterLoadFailed           424 generation      adapter missing, unreadable or not for this model
     ├── Overloaded                  429 overloaded      queue full
-    └── GenerationFailed            424 generation      the forward pass failed mid-generation
+    └── GenerationFailed            424 generation      the forward pass or the sampling failed
+
+``message`` is what the client reads: it names the adapter id the client sent, never a storage path, a file
+the client did not name or an exception's text. ``detail`` (paths, store errors) is for the server's log only.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Literal
 __all__ = [
     "AdapterLoadFailed",
     "AdapterRef",
+    "AdapterRefused",
     "AdapterSourceKind",
     "EngineError",
     "FinishReason",
@@ -89,9 +94,17 @@ class EngineError(Exception):
     status: int = 500
     error_type: str = "incomplete_generation"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.detail = detail  # logged, never sent
+
+
+class AdapterRefused(EngineError):
+    """Refused before any storage is touched, so the answer is the same whether the adapter exists or not."""
+
+    status = 403
+    error_type = "adapter_refused"
 
 
 class ValidationFailed(EngineError):

@@ -149,7 +149,11 @@ class Stack:
             services["s3"] = Service("s3", moto, base, c.url(c.s3_port) + "/moto-api/")
         engine = [py, "-m", "inference_service", "--host", c.host, "--port", str(c.engine_port)]
         engine += ["--model", str(c.model), "--device", c.device]
-        services["engine"] = Service("engine", engine, {**base, **s3}, self.engine + "/health")
+        # The engine reads adapters only where it is told to: the store's bucket, or the store's directory.
+        engine_env = {**base, **s3, "SOPPU_STORE_URL": self.store_url()}
+        if c.store != "s3":
+            engine_env["SOPPU_ENGINE_LOCAL_ADAPTER_ROOTS"] = json.dumps([self.store_url()])
+        services["engine"] = Service("engine", engine, engine_env, self.engine + "/health")
         compressor_env = {
             **shared,
             "SOPPU_COMPRESSOR_BASE_MODEL": str(c.model),

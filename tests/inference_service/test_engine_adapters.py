@@ -20,6 +20,7 @@ from inference_service.engine import (
     EngineConfig,
     GenerationParams,
     GenerationResult,
+    SourceRules,
     TokenInfo,
     ValidationFailed,
 )
@@ -48,8 +49,10 @@ def s3_env(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def engine(examples_dir: Path, s3_env: None) -> Iterator[Engine]:
-    yield Engine(EngineConfig(examples_dir / "base", device="cpu", adapter_revalidate_s=0.0, max_queue=8))
+def engine(examples_dir: Path, tmp_path: Path, s3_env: None) -> Iterator[Engine]:
+    sources = SourceRules(s3_buckets=("test-*",), local_roots=(examples_dir, tmp_path))  # s3_store's buckets
+    config = EngineConfig(examples_dir / "base", device="cpu", adapter_revalidate_s=0.0, max_queue=8, sources=sources)
+    yield Engine(config)
 
 
 async def _run(engine: Engine, prompt: str, ref: AdapterRef | None, params: GenerationParams = GREEDY) -> Any:
@@ -136,11 +139,15 @@ def test_compressed_adapter_is_found_through_its_core(engine: Engine, s3_store: 
 
 @pytest.mark.parametrize(
     ("source", "adapter_id"),
-    [(S3, "s3://no-such-bucket/exports/u/default/v00000001"), (AdapterSourceKind.LOCAL, "/nonexistent/adapter")],
+    [(S3, "s3://test-no-such-bucket/exports/u/default/v00000001"), (AdapterSourceKind.LOCAL, "nonexistent")],
 )
-def test_missing_adapter_fails_to_load(engine: Engine, source: AdapterSourceKind, adapter_id: str) -> None:
+def test_missing_adapter_fails_to_load(
+    engine: Engine, tmp_path: Path, source: AdapterSourceKind, adapter_id: str
+) -> None:
+    adapter_id = str(tmp_path / adapter_id) if source is AdapterSourceKind.LOCAL else adapter_id  # inside a root
+
     async def body() -> None:
-        with pytest.raises(AdapterLoadFailed):
+        with pytest.raises(AdapterLoadFailed, match="could not be loaded"):
             await _run(engine, "My pet is a", AdapterRef(source, adapter_id))
         assert (await _run(engine, "My pet is a", None)).generated_text  # and the engine keeps serving
 

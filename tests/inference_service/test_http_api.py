@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import httpx
@@ -143,6 +145,9 @@ def test_openai_chat_completions(engine_url: str) -> None:
         ({"best_of": 2, "do_sample": True}, "best_of"),
         ({"watermark": True}, "watermark"),
         ({"adapter_id": "some/adapter", "adapter_source": "hub"}, "Hub"),
+        ({"seed": 2**64}, "seed"),  # was a 500 carrying torch's exception text
+        ({"temperature": 1e-300}, "temperature"),  # was a batch-wide 424: logits / 1e-300 overflow
+        ({"repetition_penalty": 1e-300}, "repetition_penalty"),
     ],
 )
 def test_bad_parameters_answer_422_in_lorax_shape(engine_url: str, parameters: dict[str, object], named: str) -> None:
@@ -151,8 +156,17 @@ def test_bad_parameters_answer_422_in_lorax_shape(engine_url: str, parameters: d
     assert r.json()["error_type"] == "validation" and named in r.json()["error"]
 
 
-def test_request_errors_reach_every_client_with_their_status(engine_url: str, tmp_path: Path) -> None:
-    missing = str(tmp_path / "no-such-adapter")
+def test_an_oversize_prompt_is_refused_before_tokenizing(engine_url: str) -> None:
+    # 70,000 characters: over the default max_input_chars (65,536), so never tokenized.
+    r = httpx.post(f"{engine_url}/generate", json={"inputs": "My pet is a " * 6000}, timeout=60)
+    assert r.status_code == 422 and r.json()["error_type"] == "validation"
+    assert "max_input_chars" in r.json()["error"]
+    r = httpx.post(f"{engine_url}/tokenize", json={"inputs": "x" * 70_000}, timeout=60)
+    assert r.status_code == 422 and "max_input_chars" in r.json()["error"]
+
+
+def test_request_errors_reach_every_client_with_their_status(engine_url: str, examples_dir: Path) -> None:
+    missing = str(examples_dir / "adapters" / "no-such-adapter")  # under the engine's local root
     with pytest.raises(LoraxValidationError):
         lorax.Client(engine_url).generate("My pet is a", max_new_tokens=MAX_NEW, top_k=-1)
     with pytest.raises(GenerationError):
@@ -204,3 +218,34 @@ def test_health_metrics_and_openapi(engine_url: str) -> None:
     assert 'lorax_request_failure_total{err="validation"}' in metrics
     paths = httpx.get(f"{engine_url}/openapi.json", timeout=60).json()["paths"]
     assert set(paths) == ROUTES
+
+
+def _refusal(engine_url: str, adapter_id: str, source: str) -> tuple[int, str, str]:
+    parameters = {"adapter_id": adapter_id, "adapter_source": source, "max_new_tokens": 1}
+    r = httpx.post(f"{engine_url}/generate", json={"inputs": "My pet is a", "parameters": parameters}, timeout=60)
+    body = r.json()
+    return r.status_code, body["error_type"], body["error"].replace(repr(adapter_id), "<id>")
+
+
+def test_local_paths_and_buckets_the_engine_does_not_serve_are_refused_alike(
+    engine_url: str, examples_dir: Path, tmp_path: Path, example_users: list[ExampleUser], moto_server: str
+) -> None:
+    # The session's engine serves local adapters from examples_dir only, and the buckets test-* and gw-*.
+    outside = tmp_path / "adapter"
+    outside.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (outside / name).write_bytes((example_users[0].adapter_dir / name).read_bytes())
+    climbing = f"{examples_dir}/{os.path.relpath(outside, examples_dir)}"  # .. out of the root, to a real adapter
+    local = {_refusal(engine_url, path, "local") for path in (str(outside), str(tmp_path / "missing"), climbing)}
+    assert len(local) == 1, local  # the same answer whether the path exists or not
+    status, error_type, message = local.pop()
+    assert (status, error_type) == (403, "adapter_refused") and str(tmp_path) not in message
+
+    other = S3Store(f"other-{uuid.uuid4().hex[:12]}", endpoint_url=moto_server, access_key="testing",
+                    secret_key="testing", region="us-east-1")  # fmt: skip
+    other.ensure_bucket()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        other.put(f"users/u/v00000001/{name}", example_users[0].adapter_dir / name)
+    ids = (f"s3://{other.bucket}/users/u/v00000001", "s3://no-such-bucket/users/u/v00000001")
+    s3 = {_refusal(engine_url, adapter_id, "s3") for adapter_id in ids}
+    assert len(s3) == 1 and s3.pop()[:2] == (403, "adapter_refused"), s3

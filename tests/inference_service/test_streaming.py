@@ -103,8 +103,12 @@ def test_errors_before_the_first_token_keep_their_status() -> None:
     async def unexpected(app: Any, client: httpx.AsyncClient) -> None:
         r = await client.post("/generate", json={"inputs": "x"})
         assert r.status_code == 500 and r.json()["error_type"] == "incomplete_generation"
+        # an exception's text can name storage paths or internals: it goes to the log, never to the client
+        assert "/data/secret" not in r.text and "RuntimeError" not in r.text
+        r = await client.post("/generate_stream", json={"inputs": "x"})
+        assert r.status_code == 500 and "/data/secret" not in r.text
 
-    _serve(ScriptedEngine([RuntimeError("a bug")]), unexpected)
+    _serve(ScriptedEngine([RuntimeError("a bug reading /data/secret/adapter")]), unexpected)
 
 
 def test_a_client_hanging_up_closes_its_generation() -> None:
