@@ -1,15 +1,25 @@
 """Choosing the next token of one row from its logits: greedy by default, or seeded sampling with
-temperature, top-k, top-p and a repetition penalty. Pure math on one row's float32 logits."""
+temperature, top-k, top-p and a repetition penalty. Pure math on one row's float32 logits.
+
+A row whose logits or parameters give no valid distribution (a NaN or infinite probability, or none above
+zero: e.g. logits divided by a temperature of 1e-300) has no token: :func:`choose_tokens` answers ``None`` for
+it and still chooses every other row's, so the caller can fail that one request and keep the batch.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 from .types import GenerationParams
 
-__all__ = ["choose_token", "choose_tokens", "make_generator"]
+__all__ = ["NoDistribution", "choose_token", "choose_tokens", "make_generator"]
+
+
+class NoDistribution(ValueError):
+    """This row's logits and parameters give no distribution to choose a token from."""
 
 
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -40,7 +50,8 @@ def _filter(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> tor
 def choose_token(
     logits: torch.Tensor, params: GenerationParams, previous: torch.Tensor, generator: torch.Generator | None
 ) -> tuple[int, float]:
-    """(token id, its log-probability under the model's unmodified distribution)."""
+    """(token id, its log-probability under the model's unmodified distribution); NoDistribution when there is
+    none to choose from."""
     logits = logits.float()
     logprobs = logits.log_softmax(0)
     scores = logits
@@ -50,10 +61,17 @@ def choose_token(
         if params.temperature not in (None, 1.0):
             scores = scores / float(params.temperature)
         scores = _filter(scores, params.top_k, params.top_p)
-        token = int(torch.multinomial(scores.softmax(0), 1, generator=generator))
+        probs = scores.softmax(0)
+        # Checked here rather than left to multinomial, whose error would end every row of the step.
+        if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
+            raise NoDistribution("the sampling distribution is not finite")
+        token = int(torch.multinomial(probs, 1, generator=generator))
     else:
         token = int(scores.argmax())
-    return token, float(logprobs[token])
+    logprob = float(logprobs[token])
+    if not math.isfinite(logprob):
+        raise NoDistribution("the model's logits are not finite")
+    return token, logprob
 
 
 def _plain_greedy(params: GenerationParams) -> bool:
@@ -65,16 +83,23 @@ def choose_tokens(
     params: list[GenerationParams],
     previous: Callable[[int], list[int]],
     generators: list[torch.Generator | None],
-) -> list[tuple[int, float]]:
-    """:func:`choose_token` for every row of ``logits`` (rows x vocab). Plain greedy rows, the default, are
-    decided together on the logits' device with one transfer to the host; only rows that sample or penalise
-    repetition go one by one. ``previous(row)`` gives a row's ids so far (asked only for rows that need it)."""
+) -> list[tuple[int, float] | None]:
+    """:func:`choose_token` for every row of ``logits`` (rows x vocab), ``None`` for a row without a valid
+    distribution. Plain greedy rows, the default, are decided together on the logits' device with one transfer
+    to the host; only rows that sample or penalise repetition go one by one. ``previous(row)`` gives a row's ids
+    so far (asked only for rows that need it)."""
     logits = logits.float()
     ids = logits.argmax(-1)
     logprobs = logits.log_softmax(-1).gather(1, ids[:, None])[:, 0]
-    chosen = list(zip(ids.tolist(), logprobs.tolist(), strict=True))
+    chosen: list[tuple[int, float] | None] = []
+    for token, logprob in zip(ids.tolist(), logprobs.tolist(), strict=True):
+        # NaN or +inf logits (an overflowing adapter) make a NaN log-probability; all -inf make -inf
+        chosen.append((token, logprob) if math.isfinite(logprob) else None)
     for row, row_params in enumerate(params):
         if not _plain_greedy(row_params):
             history = torch.tensor(previous(row), dtype=torch.long)
-            chosen[row] = choose_token(logits[row].cpu(), row_params, history, generators[row])
+            try:
+                chosen[row] = choose_token(logits[row].cpu(), row_params, history, generators[row])
+            except NoDistribution:
+                chosen[row] = None
     return chosen

@@ -113,7 +113,7 @@ async def chat_completions(
     body: ChatCompletionRequest, engine: EngineDep, settings: SettingsDep, metrics: MetricsDep
 ) -> ChatCompletionResponse | Response:
     model_id = engine.info.model_id
-    prompt = render_chat(engine.tokenizer, body.messages)
+    prompt = render_chat(engine.tokenizer, body.messages, engine.config.max_input_chars)
     gen = await begin(engine, settings, metrics, prompt, chat_parameters(body, model_id))
     cid, created = _id("chatcmpl"), int(time.time())
 

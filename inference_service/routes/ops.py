@@ -29,7 +29,9 @@ async def health(request: Request) -> Response:
 
 @router.post("/tokenize", summary="The prompt's tokens with the character span each covers")
 async def tokenize(body: TokenizeRequest, engine: EngineDep) -> list[TokenSpan]:
-    encoded = engine.tokenizer(body.inputs, add_special_tokens=body.add_special_tokens, return_offsets_mapping=True)
+    encoded = await engine.tokenize(
+        body.inputs, add_special_tokens=body.add_special_tokens, return_offsets_mapping=True
+    )
     return [
         TokenSpan(id=int(token_id), text=body.inputs[start:stop], start=start, stop=stop)
         for token_id, (start, stop) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
