@@ -37,6 +37,7 @@ from .metrics import CompressorMetrics
 from .notify import GatewayNotifier
 from .routes import adapters, cohorts, jobs, keys, ops, users
 from .settings import CompressorSettings, get_settings
+from .uploads import UploadSlots
 
 __all__ = ["create_app"]
 
@@ -75,7 +76,7 @@ async def _build(settings: CompressorSettings) -> Runtime:
     notifier = GatewayNotifier(settings.gateway_urls, settings.admin_key, settings.notify_timeout_s)
     # A key issued for a user whose deletion is under way is withdrawn (see soppu.auth).
     ring = KeyRing(store, admin_key, deleting=partial(user_is_deleting, store))
-    return Runtime(store, ring, pipeline, runner, notifier)
+    return Runtime(store, ring, pipeline, runner, notifier, UploadSlots(settings.max_concurrent_uploads))
 
 
 def create_app(settings: CompressorSettings | None = None) -> FastAPI:

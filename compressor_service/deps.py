@@ -19,6 +19,7 @@ from .jobs import JobRunner
 from .metrics import CompressorMetrics
 from .notify import GatewayNotifier
 from .settings import CompressorSettings
+from .uploads import UploadSlots
 
 __all__ = [
     "KeysDep",
@@ -30,6 +31,7 @@ __all__ = [
     "Runtime",
     "SettingsDep",
     "StoreDep",
+    "UploadsDep",
 ]
 
 
@@ -42,6 +44,7 @@ class Runtime:
     pipeline: Pipeline
     runner: JobRunner
     notifier: GatewayNotifier
+    uploads: UploadSlots
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -80,6 +83,10 @@ def get_runner(runtime: RuntimeDep) -> JobRunner:
     return runtime.runner
 
 
+def get_uploads(runtime: RuntimeDep) -> UploadSlots:
+    return runtime.uploads
+
+
 def get_notifier(runtime: RuntimeDep) -> GatewayNotifier:
     return runtime.notifier
 
@@ -101,6 +108,7 @@ KeysDep = Annotated[KeyRing, Depends(get_keys)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 NotifierDep = Annotated[GatewayNotifier, Depends(get_notifier)]
+UploadsDep = Annotated[UploadSlots, Depends(get_uploads)]
 SettingsDep = Annotated[CompressorSettings, Depends(get_settings_dep)]
 MetricsDep = Annotated[CompressorMetrics, Depends(get_metrics)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -1,11 +1,10 @@
-"""An upload from the wire to validated adapter files, without ever holding the request body in memory.
+"""An upload from the wire to validated adapter files, written to disk once and never held whole in memory.
 
-1. :func:`spool_body` streams the body into a temporary file, counting bytes: past ``max_upload_bytes`` it
-   stops reading and answers 413 ``too_large`` (a declared Content-Length over the cap is refused before any
-   byte is read).
-2. :func:`parse_form` runs python-multipart's streaming parser over that file; each file part goes to its own
-   temporary file, and the small text fields (``name``) are kept.
-3. :func:`collect` hands the parts to the core's collectors and :func:`soppu.adapter.validate_files`:
+1. :func:`receive_form` feeds the request body, as it arrives, to python-multipart's streaming parser (as
+   Starlette's own form parsing does): each file part goes straight to its own temporary file, and the small
+   text fields (``name``, ``probes``) are kept. It counts bytes: past ``max_upload_bytes`` it stops reading and
+   answers 413 ``too_large`` (a declared Content-Length over the cap is refused before any byte is read).
+2. :func:`collect` hands the parts to the core's collectors and :func:`soppu.adapter.validate_files`:
 
    - one part in the field ``archive``, or a lone part whose file name ends in ``.zip``, ``.tar``, ``.tar.gz`` or
      ``.tgz``: an archive (``collect_archive``; its format is sniffed, not guessed from the name, and a pickle
@@ -16,12 +15,18 @@
    Probe prompts (:mod:`soppu.adapter.probes`) come as the text field ``probes`` or as a ``probes.json`` file,
    never both; they are validated here too (422 ``bad_probes``) and travel on as ``probes.json``.
 
+Memory: the adapter's files are read once into bytes, and its tensors exist only while it is validated (the
+caller drops them before storing), so an upload costs about twice its size at its peak; the route caps how
+many run at once (``max_concurrent_uploads``, then 503 ``busy``).
+
 Every refusal is an :class:`~soppu.errors.AdapterError` (or an :class:`~compressor_service.errors.ApiError` for
 a malformed request), raised before anything is stored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -43,17 +48,16 @@ __all__ = [
     "PROBES_FIELD",
     "Form",
     "Part",
+    "UploadSlots",
     "check_content_type",
     "collect",
-    "parse_form",
-    "spool_body",
+    "receive_form",
 ]
 
 ARCHIVE_FIELD = "archive"
 NAME_FIELD = "name"
 PROBES_FIELD = "probes"
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
-_CHUNK = 1 << 16
 _MAX_FIELD_BYTES = 1024  # text fields are names, never data
 _MAX_FIELDS = 8
 
@@ -64,20 +68,22 @@ def _too_large(limit: int) -> AdapterError:
     )
 
 
-async def spool_body(request: Request, into: BinaryIO, limit: int) -> int:
-    """Copy the request body into ``into``; the number of bytes. 413 as soon as it passes ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(limit)
-        into.write(chunk)  # page-cache writes of small chunks: cheaper than a thread hop per chunk
-    into.flush()
-    into.seek(0)
-    return total
+class UploadSlots:
+    """At most ``limit`` uploads in flight in this process (each holds its files on disk and, while validated,
+    about twice its size in memory); one more answers 503 ``busy`` at once, before its body is read."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.active = limit, 0
+
+    @contextmanager
+    def take(self) -> Iterator[None]:
+        if self.active >= self.limit:
+            raise ApiError("busy", f"{self.limit} uploads are already in flight; retry later")
+        self.active += 1  # the event loop's thread only: no lock needed
+        try:
+            yield
+        finally:
+            self.active -= 1
 
 
 @dataclass
@@ -169,8 +175,14 @@ def check_content_type(content_type: str) -> bytes:
     return params[b"boundary"]
 
 
-def parse_form(body: BinaryIO, content_type: str, directory: Path, max_parts: int) -> Form:
-    """The parts of a multipart/form-data ``body``; file parts land in ``directory``."""
+async def receive_form(
+    request: Request, content_type: str, directory: Path, max_parts: int, limit: int
+) -> tuple[Form, int]:
+    """The parts of the request's multipart/form-data body, parsed as it arrives (file parts land in
+    ``directory``), and the body's size. 413 as soon as the body passes ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
     boundary = check_content_type(content_type)
     builder = _Builder(directory, max_parts)
     callbacks = {
@@ -185,16 +197,20 @@ def parse_form(body: BinaryIO, content_type: str, directory: Path, max_parts: in
             "on_headers_finished",
         )
     }
+    total = 0
     try:
         parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
-        while chunk := body.read(_CHUNK):
-            parser.write(chunk)
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(limit)
+            parser.write(chunk)  # page-cache writes of small chunks: cheaper than a thread hop per chunk
         parser.finalize()
     except FormParserError as e:
         raise ApiError("bad_request", f"malformed multipart body: {e}") from e
     finally:
         builder.close()
-    return builder.form
+    return builder.form, total
 
 
 def _is_archive(form: Form) -> bool:

@@ -4,8 +4,7 @@ registry's records into response shapes. Nothing here knows about HTTP beyond th
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from soppu.adapter import Limits
 from soppu.adapter.fits import check_fits
@@ -22,10 +21,11 @@ from soppu.verify.plot import plot_module_errors
 from .errors import ApiError
 from .jobs import user_lock
 from .schemas import AdapterInfo, JobError, JobReport, JobStatus, UserAdapters, VersionInfo
-from .uploads import NAME_FIELD, collect, parse_form
+from .uploads import NAME_FIELD, Form, collect
 
 __all__ = [
     "accept",
+    "check_idempotency_key",
     "job_status",
     "parse_job_id",
     "parse_version_text",
@@ -62,23 +62,19 @@ def accept(
     principal: Principal,
     limits: Limits,
     user_id: str,
-    body: BinaryIO,
-    content_type: str,
-    workdir: Path,
+    form: Form,
     idempotency: str | None,
 ) -> tuple[JobRecord, bool]:
-    """Parse and validate the multipart body (it must fit the served base model, when the compressor has it),
+    """Validate the received form (the adapter must fit the served base model, when the compressor has it),
     then store the original and its queued job (nothing is stored unless every check passed). (the job, whether
     it is new): not new for a repeated Idempotency-Key. An upload that a deletion of its user (or the revocation
     of its key) overtook while its body streamed is withdrawn."""
-    if idempotency is not None and not 0 < len(idempotency) <= _MAX_IDEMPOTENCY_KEY:
-        raise ApiError("bad_request", f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters")
     store = pipeline.store
-    form = parse_form(body, content_type, workdir, limits.max_archive_members)
     name = check_name(form.fields.get(NAME_FIELD, DEFAULT_ADAPTER), "adapter")
     files, adapter = collect(form, limits)
     if pipeline.base_shapes is not None:
         check_fits(adapter, pipeline.base_shapes, pipeline.gate.base_model or "the compressor's base model")
+    del adapter  # its tensors: not held while the files are stored
     job, is_new = accept_upload(store, user_id, name, files, idempotency)
     refusal = _deleted_meanwhile(store, keys, principal, user_id)
     if refusal is not None:
@@ -86,6 +82,11 @@ def accept(
             withdraw_upload(store, AdapterVersion.from_job_id(job.job_id), idempotency)
         raise refusal
     return job, is_new
+
+
+def check_idempotency_key(idempotency: str | None) -> None:
+    if idempotency is not None and not 0 < len(idempotency) <= _MAX_IDEMPOTENCY_KEY:
+        raise ApiError("bad_request", f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters")
 
 
 def _deleted_meanwhile(store: ObjectStore, keys: KeyRing, principal: Principal, user_id: str) -> ApiError | None:

@@ -18,11 +18,29 @@ from soppu.registry import JobState
 from soppu.store.layout import AdapterVersion, check_name
 
 from ..access import Action, authorize
-from ..deps import KeysDep, MetricsDep, NotifierDep, PipelineDep, PrincipalDep, RunnerDep, SettingsDep, StoreDep
+from ..deps import (
+    KeysDep,
+    MetricsDep,
+    NotifierDep,
+    PipelineDep,
+    PrincipalDep,
+    RunnerDep,
+    SettingsDep,
+    StoreDep,
+    UploadsDep,
+)
 from ..errors import ApiError
 from ..schemas import AdapterDeleted, UploadAccepted, UserAdapters
-from ..uploads import check_content_type, spool_body
-from ..views import accept, parse_version_text, remove_adapter, report_png, status_url, user_adapters
+from ..uploads import check_content_type, receive_form
+from ..views import (
+    accept,
+    check_idempotency_key,
+    parse_version_text,
+    remove_adapter,
+    report_png,
+    status_url,
+    user_adapters,
+)
 from ._common import errors
 
 __all__ = ["router"]
@@ -78,6 +96,7 @@ async def upload_adapter(
     runner: RunnerDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    uploads: UploadsDep,
     idempotency_key: Annotated[
         str | None, Header(description="the same key and body answer the first upload's job again")
     ] = None,
@@ -87,24 +106,16 @@ async def upload_adapter(
     content_type = request.headers.get("content-type", "")
     try:
         check_content_type(content_type)
+        check_idempotency_key(idempotency_key)
         if not runner.has_room():
             raise ApiError("busy", "the job queue is full; retry later")
-        with (
-            tempfile.TemporaryDirectory(prefix="soppu-upload-") as workdir,
-            (Path(workdir) / "body").open("w+b") as body,
-        ):
-            size = await spool_body(request, body, settings.max_upload_bytes)
+        with uploads.take(), tempfile.TemporaryDirectory(prefix="soppu-upload-") as workdir:
+            limits = settings.limits()
+            form, size = await receive_form(
+                request, content_type, Path(workdir), limits.max_archive_members, settings.max_upload_bytes
+            )
             job, is_new = await asyncio.to_thread(
-                accept,
-                pipeline,
-                keys,
-                principal,
-                settings.limits(),
-                user_id,
-                body,
-                content_type,
-                Path(workdir),
-                idempotency_key,
+                accept, pipeline, keys, principal, limits, user_id, form, idempotency_key
             )
     except (SoppuError, ApiError) as e:
         metrics.rejections.labels(code=e.code).inc()

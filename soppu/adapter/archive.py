@@ -233,9 +233,7 @@ def _collect_zip(source: BinaryIO, collector: _Collector) -> None:
     entries, cd_bytes = _zip_entry_count(source)
     most = collector.limits.max_archive_members
     if entries > most or cd_bytes > most * _MAX_CENTRAL_ENTRY_BYTES:
-        raise AdapterError(
-            Code.TOO_LARGE, f"archive lists {entries} entries; the limit is {most} files", limit=most
-        )
+        raise AdapterError(Code.TOO_LARGE, f"archive lists {entries} entries; the limit is {most} files", limit=most)
     with zipfile.ZipFile(source) as archive:
         for info in archive.infolist():
             mode = info.external_attr >> 16

@@ -4,9 +4,10 @@ NUL included, reach the server as they are), uploads, waiting on jobs, and listi
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,28 @@ def upload(
     if idempotency_key is not None:
         headers["Idempotency-Key"] = idempotency_key
     return client.post(f"/v1/users/{user_id}/adapters", content=body, headers=headers)
+
+
+def paused_upload(
+    compressor: Compressor,
+    key: str,
+    user_id: str,
+    parts: list[tuple[str, str | None, bytes]],
+    started: threading.Event,
+    go: threading.Event,
+) -> httpx.Response:
+    """Upload whose body stops halfway until ``go`` is set (the service is still reading it meanwhile)."""
+    body, content_type = multipart(parts)
+
+    def stream() -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        started.set()  # the headers (and so the key) and half the body are on their way
+        assert go.wait(60)
+        yield body[len(body) // 2 :]
+
+    with compressor.client(key, timeout=90) as client:
+        headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
+        return client.post(f"/v1/users/{user_id}/adapters", content=stream(), headers=headers)
 
 
 def wait_for_job(client: httpx.Client, job_id: str, timeout_s: float = JOB_TIMEOUT_S) -> dict[str, object]:

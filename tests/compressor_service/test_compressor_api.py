@@ -23,7 +23,7 @@ from compressor_client import (
     Compressor,
     adapter_files,
     file_parts,
-    multipart,
+    paused_upload,
     upload,
     wait_for_job,
     wait_until_idle,
@@ -257,28 +257,6 @@ def test_two_concurrent_uploads_are_both_recorded_and_the_later_one_is_current(
     assert original == dict((n, d) for n, _, d in later)[WEIGHTS_NAME]
 
 
-def _paused_upload(
-    compressor: Compressor,
-    key: str,
-    user_id: str,
-    parts: list[tuple[str, str | None, bytes]],
-    started: threading.Event,
-    go: threading.Event,
-) -> httpx.Response:
-    """Upload whose body stops halfway until ``go`` is set (the service is still reading it meanwhile)."""
-    body, content_type = multipart(parts)
-
-    def stream() -> Iterator[bytes]:
-        yield body[: len(body) // 2]
-        started.set()  # the headers (and so the key) and half the body are on their way
-        assert go.wait(60)
-        yield body[len(body) // 2 :]
-
-    with compressor.client(key, timeout=90) as client:
-        headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
-        return client.post(f"/v1/users/{user_id}/adapters", content=stream(), headers=headers)
-
-
 def test_an_upload_still_streaming_when_its_user_is_deleted_is_refused_and_leaves_nothing(
     compressor: Compressor, users: list[dict[str, Any]]
 ) -> None:
@@ -289,7 +267,7 @@ def test_an_upload_still_streaming_when_its_user_is_deleted_is_refused_and_leave
     parts = file_parts(adapter_files(users[0]["dir"]))
     started, go = threading.Event(), threading.Event()
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_paused_upload, compressor, key, user, parts, started, go)
+        pending = pool.submit(paused_upload, compressor, key, user, parts, started, go)
         assert started.wait(60)
         with compressor.client() as admin:
             assert admin.delete(f"/v1/users/{user}").status_code == 200

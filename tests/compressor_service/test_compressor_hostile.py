@@ -5,12 +5,15 @@ unpickled, no tensor bytes leak into a message, and the bucket is left exactly a
 from __future__ import annotations
 
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from adapter_factory import make_files, parts
-from compressor_client import Compressor, file_parts, upload
+from compressor_client import ADMIN_KEY, Compressor, file_parts, paused_upload, upload
 from conftest import StartCompressor
 from test_adapter_hostile import CASES, MARKER, MIB, TRAP_NAME, Builder
 
@@ -34,9 +37,15 @@ def _runs_here(limits: Limits) -> bool:
 @pytest.fixture(scope="module")
 def compressor(start_compressor: StartCompressor) -> Compressor:
     settings = {name: str(value) for name, value in SERVICE_LIMITS.items()}
-    # No worker and room for one job: the last test fills the queue (accepted uploads stay queued).
+    # No worker and room for one job: the last test fills the queue (accepted uploads stay queued). One upload
+    # in flight at a time.
     return start_compressor(
-        base_model=False, max_upload_bytes=str(MAX_UPLOAD), workers="0", queue_size="1", **settings
+        base_model=False,
+        max_upload_bytes=str(MAX_UPLOAD),
+        workers="0",
+        queue_size="1",
+        max_concurrent_uploads="1",
+        **settings,
     )[1]
 
 
@@ -129,6 +138,27 @@ def test_bad_probes_are_refused_with_422_and_nothing_is_stored(compressor: Compr
     assert (response.status_code, response.json()["error"]["code"]) == (422, "bad_probes"), response.text
     assert response.json()["error"]["message"]
     assert compressor.keys() == before
+
+
+def test_uploads_beyond_the_concurrency_cap_answer_503_busy_before_their_body_is_read(compressor: Compressor) -> None:
+    # Issue 13 item 14: nothing capped how many uploads (each up to 2 GiB, on disk and in memory) ran at once.
+    refused = [*_GOOD_PARTS, *BAD_PROBES["none at all"]]  # a 422 once read: no upload here queues a job
+    started, go = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(paused_upload, compressor, ADMIN_KEY, "slow", refused, started, go)
+        assert started.wait(60)
+        try:
+            with compressor.client() as client:
+                deadline = time.monotonic() + 30  # until the paused upload holds the one slot
+                while (busy := upload(client, "other", refused)).status_code != 503:
+                    assert busy.status_code == 422 and time.monotonic() < deadline, busy.text
+                    time.sleep(0.05)
+        finally:
+            go.set()
+        assert held.result().status_code == 422  # the held upload ends normally
+    assert busy.json()["error"]["code"] == "busy" and busy.headers["Retry-After"] == "5"
+    with compressor.client() as client:  # the slot is free again
+        assert upload(client, "other", refused).status_code == 422
 
 
 def test_a_full_queue_answers_503_busy_and_stores_nothing(compressor: Compressor) -> None:
