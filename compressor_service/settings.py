@@ -105,7 +105,7 @@ class CompressorSettings(BaseSettings):
     workers: int = Field(1, ge=0, description="jobs run at once (0: accept uploads, run nothing)")
     queue_size: int = Field(1024, ge=1, description="queued jobs beyond this answer 503 busy")
     max_concurrent_uploads: int = Field(
-        4, ge=1, description="uploads received at once; one more answers 503 busy (each holds ~2x its size in memory)"
+        4, ge=1, description="uploads received at once; one more answers 503 busy (each holds its files in memory)"
     )
     retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 (store unavailable, queue full)")
     job_retry_s: float = Field(

@@ -16,8 +16,8 @@
    never both; they are validated here too (422 ``bad_probes``) and travel on as ``probes.json``.
 
 Memory: the adapter's files are read once into bytes, and its tensors exist only while it is validated (the
-caller drops them before storing), so an upload costs about twice its size at its peak; the route caps how
-many run at once (``max_concurrent_uploads``, then 503 ``busy``).
+caller drops them before storing); the route caps how many uploads run at once (``max_concurrent_uploads``,
+then 503 ``busy``).
 
 Every refusal is an :class:`~soppu.errors.AdapterError` (or an :class:`~compressor_service.errors.ApiError` for
 a malformed request), raised before anything is stored.
@@ -69,8 +69,8 @@ def _too_large(limit: int) -> AdapterError:
 
 
 class UploadSlots:
-    """At most ``limit`` uploads in flight in this process (each holds its files on disk and, while validated,
-    about twice its size in memory); one more answers 503 ``busy`` at once, before its body is read."""
+    """At most ``limit`` uploads in flight in this process (each holds its files on disk and in memory); one
+    more answers 503 ``busy`` at once, before its body is read."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.active = limit, 0
