@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..deps import EngineDep, MetricsDep
-from ..engine import AdapterSourceKind
+from ..engine import AdapterSourceKind, Engine
 from ..metrics import CONTENT_TYPE
 from ..schemas import ErrorResponse, Info, TokenizeRequest, TokenSpan
 
@@ -38,6 +38,12 @@ async def tokenize(body: TokenizeRequest, engine: EngineDep) -> list[TokenSpan]:
     ]
 
 
+def _served(engine: Engine) -> dict[AdapterSourceKind, bool]:
+    """Which sources this engine was given anything to read from (the rest refuse every adapter)."""
+    rules = engine.config.sources
+    return {AdapterSourceKind.S3: bool(rules.s3_buckets), AdapterSourceKind.LOCAL: bool(rules.local_roots)}
+
+
 @router.get("/info", summary="The served model and the engine's limits")
 async def info(request: Request, engine: EngineDep) -> Info:
     about = engine.info
@@ -49,7 +55,7 @@ async def info(request: Request, engine: EngineDep) -> Info:
         max_input_length=about.max_input_length,
         max_total_tokens=about.max_total_tokens,
         max_batch_size=about.max_batch_size,
-        adapter_sources=[kind.value for kind in AdapterSourceKind],
+        adapter_sources=[kind.value for kind, on in _served(engine).items() if on],
         version=request.app.version,
     )
 

@@ -37,7 +37,7 @@ class Info(BaseModel):
     max_input_length: int
     max_total_tokens: int
     max_batch_size: int
-    adapter_sources: list[str]
+    adapter_sources: list[str] = Field(description="the sources this engine was configured to read adapters from")
     version: str
     sha: str | None = None
     docker_label: str | None = None

@@ -65,3 +65,14 @@ def test_sampling_values_outside_the_limits_are_refused(values: dict[str, object
 def test_sampling_limits_keep_their_edges() -> None:
     for values in ({"seed": 2**64 - 1}, {"temperature": 0}, {"temperature": 0.01}, {"temperature": 100.0}):
         generation_params(GenerateParameters(**values), SETTINGS)  # type: ignore[arg-type]
+
+
+def test_served_buckets_default_to_the_store_bucket_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SOPPU_STORE_URL", "SOPPU_ENGINE_S3_BUCKETS", "SOPPU_ENGINE_LOCAL_ADAPTER_ROOTS"):
+        monkeypatch.delenv(name, raising=False)
+    assert EngineSettings().served_buckets() == () and EngineSettings().local_adapter_roots == []
+    assert EngineSettings(store_url="/srv/store").served_buckets() == ()  # a directory store names no bucket
+    monkeypatch.setenv("SOPPU_STORE_URL", "s3://soppu")
+    assert EngineSettings().served_buckets() == ("soppu",)
+    monkeypatch.setenv("SOPPU_ENGINE_S3_BUCKETS", '["soppu", "team-*"]')
+    assert EngineSettings().served_buckets() == ("soppu", "team-*")
