@@ -45,7 +45,7 @@ class SourceRules:
     """What the sources may read. Empty tuples refuse every S3 bucket / every local path."""
 
     s3_buckets: tuple[str, ...] = ()  # names or fnmatch patterns
-    local_roots: tuple[Path, ...] = ()  # absolute directories
+    local_roots: tuple[Path, ...] = ()  # directories (a relative one is taken from the working directory)
 
 
 @dataclass(frozen=True, slots=True)
