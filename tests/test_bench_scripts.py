@@ -1,5 +1,6 @@
 """The benchmark scripts still run and print their JSON report (tiny sizes; no timing is asserted); the gateway's
-load drill, in its quick form, drops no connection and answers no unplanned 5xx."""
+load drill, in its quick form, drops no connection and answers no unplanned 5xx; the compressor's kill drill
+leaves every acknowledged upload served whole."""
 
 from __future__ import annotations
 
@@ -45,6 +46,15 @@ def test_the_load_drill_drops_nothing_and_answers_no_unplanned_5xx() -> None:
     assert report["ok"] and report["gateway_alive"]
 
 
+def test_the_kill_drill_leaves_every_acknowledged_upload_served_whole() -> None:
+    command = [sys.executable, str(BENCH / "kill_drill.py"), "--quick"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [drill] = json.loads(result.stdout)["drills"]
+    assert drill["killed"] and drill["acknowledged"] > 0 and drill["users_wrong"] == {}, drill
+    assert drill["done"] + drill["failed_with_reason"] == drill["acknowledged"], drill
+
+
 def test_every_bench_script_is_covered() -> None:
     scripts = {p.name for p in BENCH.glob("*.py") if not p.name.startswith("_")}
     assert scripts == {
@@ -56,4 +66,5 @@ def test_every_bench_script_is_covered() -> None:
         "compressor.py",
         "ladder.py",
         "load_drill.py",
+        "kill_drill.py",
     }  # a new script needs a smoke test above

@@ -34,6 +34,7 @@ from soppu.compression.accounting import bases_parameters, core_parameters
 from soppu.compression.format import bases_bytes, core_bytes, read_bases
 from soppu.compression.model import Cluster, CompressedAdapter
 from soppu.errors import ObjectExists, ObjectNotFound, SoppuError, StoreError
+from soppu.failpoints import failpoint
 from soppu.models import linear_shapes
 from soppu.peft_files import PROBES_NAME
 from soppu.registry.ladder import climb, served_by
@@ -119,6 +120,7 @@ class Pipeline:
             return job
         job.state, job.attempts = JobState.RUNNING.value, job.attempts + 1
         self.save_job(job)
+        failpoint("job.running")
         try:
             original, files = self.read_original(version)
             cohort = cohort_name(original)
@@ -181,6 +183,7 @@ class Pipeline:
         number = state.basis_version + 1
         key = basis_key(state.cohort, number)
         self._put_once(key, bases_bytes(compression.clusters[0], compression))
+        failpoint("publish.basis")
         self._bases[key] = replace(compression, adapters=[])
         state.basis_version, state.basis_key, state.contributors = number, key, sorted(contributors)
 
@@ -217,6 +220,7 @@ class Pipeline:
         if gate["passed"]:
             ref = relative_ref(version.core_key, state.basis_key)
             self._put_once(version.core_key, core_bytes(compression, compressed, bases_ref=ref))
+            failpoint("publish.core")
             export = adapter_files(exported)
             export_files = {CONFIG_NAME: export.config, WEIGHTS_NAME: export.weights}
             served, core_prefix = ServedFrom.COMPRESSED, version.core_prefix
@@ -226,6 +230,7 @@ class Pipeline:
             report["ratio"] = 1.0
         for key, name in zip(version.export_keys(), (CONFIG_NAME, WEIGHTS_NAME), strict=True):
             self._put_once(key, export_files[name])
+        failpoint("publish.export")
         report["served_from"] = served.value
         report["served_by"] = served_by(ladder)
         log.info(
@@ -244,7 +249,9 @@ class Pipeline:
             report=report,
         )
         self._put_once(version.manifest_key, manifest.to_json())
+        failpoint("publish.manifest")
         self.switch_pointer(version)
+        failpoint("publish.pointer")
         return report
 
     def switch_pointer(self, version: AdapterVersion) -> bool:
@@ -310,6 +317,7 @@ class Pipeline:
             if report["served_from"] == ServedFrom.ORIGINAL:
                 state.pending.append(key)
             published[key] = {"version": version.version, "served_from": report["served_from"]}
+        failpoint("refit.published")
         if old_basis and old_basis != state.basis_key:
             self._retire(old_basis, state, holders=overtaken)
         self.save_cohort(state)

@@ -1,0 +1,203 @@
+"""Fault drill: the compressor killed with SIGKILL at each step of a job (``soppu.failpoints``), then restarted
+on the same bucket. After each kill, every acknowledged upload must end served (or failed, with a reason), and
+every user's pointer must name a complete version of their newest acknowledged upload: never a mixed version
+(an object it names missing) and never an older one.
+
+For each failpoint: a compressor with that failpoint armed takes two rounds of uploads from the example users
+(the second round uploads other adapters, so an older version is told apart); it kills itself at the step (a
+refit step needs a refit, which the second round's gate failures start). A clean compressor then resumes on the
+same store. Prints one JSON object; exits 1 if any invariant fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _timing import machine
+
+from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, read_adapter
+from soppu.cli.stack import Service, free_port
+from soppu.examples import ExamplesSpec, build_examples
+from soppu.failpoints import FAILPOINTS
+from soppu.registry import JobRecord, JobState
+from soppu.registry.catalog import pending_jobs, read_manifest, read_pointer
+from soppu.store import ObjectStore, open_store
+from soppu.store.layout import AdapterVersion
+
+REPO = Path(__file__).resolve().parents[1]
+_START_TIMEOUT_S = 180.0
+_SETTLE_TIMEOUT_S = 300.0
+_POLL_S = 0.1
+
+
+@contextmanager
+def _compressor(store: Path, admin_key: str, failpoints: str = "") -> Iterator[tuple[Service, str]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SOPPU_STORE_URL": str(store),
+        "SOPPU_ADMIN_KEY": admin_key,
+        "SOPPU_COMPRESSOR_DEVICE": "cpu",
+        "SOPPU_COMPRESSOR_TORCH_THREADS": "1",
+        "SOPPU_COMPRESSOR_BASE_MODEL": "none",  # the error gate alone: the drill is about processes, not quality
+        "SOPPU_COMPRESSOR_REFIT_AFTER": "1",
+        "SOPPU_FAILPOINTS": failpoints,
+    }
+    command = [sys.executable, "-m", "compressor_service", "--port", str(port), "--log-level", "warning"]
+    url = f"http://127.0.0.1:{port}"
+    service = Service(f"compressor-{failpoints or 'clean'}-{port}", command, env, f"{url}/readyz", cwd=REPO)
+    service.start(store.parent)
+    try:
+        service.wait_healthy(_START_TIMEOUT_S)
+        yield service, url
+    finally:
+        service.stop(timeout=30)
+
+
+def _upload(client: httpx.Client, user: str, files: dict[str, bytes]) -> str | None:
+    """The job id, or None when the service died before acknowledging."""
+    try:
+        response = client.post(f"/v1/users/{user}/adapters", files={n: (n, d) for n, d in files.items()})
+    except httpx.TransportError:
+        return None
+    return str(response.json()["job_id"]) if response.status_code == 202 else None
+
+
+def _settle(store: ObjectStore, job_ids: list[str]) -> dict[str, JobRecord]:
+    deadline = time.monotonic() + _SETTLE_TIMEOUT_S
+    while True:
+        jobs = {
+            job_id: JobRecord.from_json(store.get(AdapterVersion.from_job_id(job_id).job_key).data)
+            for job_id in job_ids
+        }
+        if not pending_jobs(store) and all(job.state in (JobState.DONE, JobState.FAILED) for job in jobs.values()):
+            return jobs
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"jobs still pending after {_SETTLE_TIMEOUT_S:.0f} s: {pending_jobs(store)}")
+        time.sleep(_POLL_S)
+
+
+def _check_user(store: ObjectStore, user: str, newest: dict[str, bytes]) -> str | None:
+    """What is wrong with what ``user`` is served, or None."""
+    pointer = read_pointer(store, user, "default")
+    if pointer is None:
+        return "no pointer"
+    version = AdapterVersion(user, "default", pointer.version)
+    manifest = read_manifest(store, version)
+    if manifest is None:
+        return f"pointer names v{pointer.version}, which has no manifest"
+    needed = [*version.export_keys()]
+    if manifest.core_prefix is not None:
+        needed.append(version.core_key)
+    if manifest.basis_key is not None:
+        needed.append(manifest.basis_key)
+    missing = [key for key in needed if not store.exists(key)]
+    if missing:
+        return f"v{pointer.version} is mixed: {missing} missing"
+    if store.get(version.original_keys()[1]).data != newest[WEIGHTS_NAME]:
+        return f"v{pointer.version} is not the newest acknowledged upload"
+    read_adapter(
+        {n: store.get(k).data for n, k in zip((CONFIG_NAME, WEIGHTS_NAME), version.export_keys(), strict=True)}
+    )
+    return None
+
+
+def drill(step: str, users: dict[str, dict[str, bytes]], work: Path, admin_key: str) -> dict[str, Any]:
+    store_dir = work / step.replace(".", "-") / "store"
+    store_dir.mkdir(parents=True)
+    names = sorted(users)
+    rounds = [dict(zip(names, (users[u] for u in names), strict=True))]
+    rounds.append({u: users[names[(i + 1) % len(names)]] for i, u in enumerate(names)})  # other adapters
+    acked: list[str] = []
+    newest: dict[str, dict[str, bytes]] = {}
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    with _compressor(store_dir, admin_key, failpoints=step) as (service, url):
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+            for uploads in rounds:
+                for user, files in uploads.items():
+                    if (job_id := _upload(client, user, files)) is not None:
+                        acked.append(job_id)
+                        newest[user] = files
+        deadline = time.monotonic() + _SETTLE_TIMEOUT_S
+        while service.alive() and time.monotonic() < deadline:
+            store = open_store(str(store_dir))
+            if not pending_jobs(store):
+                break
+            time.sleep(_POLL_S)
+        killed = not service.alive()
+    store = open_store(str(store_dir))
+    left = len(pending_jobs(store))
+    with _compressor(store_dir, admin_key):
+        jobs = _settle(store, acked)
+    wrong = {user: why for user, files in newest.items() if (why := _check_user(store, user, files)) is not None}
+    failed = {job_id: job.error for job_id, job in jobs.items() if job.state == JobState.FAILED}
+    return {
+        "failpoint": step,
+        "killed": killed,
+        "acknowledged": len(acked),
+        "pending_after_kill": left,
+        "done": sum(job.state == JobState.DONE for job in jobs.values()),
+        "failed_with_reason": sum(bool(error and error.get("code")) for error in failed.values()),
+        "failed_without_reason": sum(not (error and error.get("code")) for error in failed.values()),
+        "users_wrong": wrong,
+        "ok": killed and not wrong and all(error and error.get("code") for error in failed.values()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=4, help="example users (default 4)")
+    parser.add_argument(
+        "--failpoints", default=",".join(FAILPOINTS), help=f"comma-separated steps (default: all of {FAILPOINTS})"
+    )
+    parser.add_argument("--quick", action="store_true", help="one step (publish.manifest), two users: a smoke run")
+    args = parser.parse_args()
+    steps = args.failpoints.split(",")
+    if args.quick:
+        args.users, steps = 2, ["publish.manifest"]
+    unknown = sorted(set(steps) - set(FAILPOINTS))
+    if unknown:
+        parser.error(f"unknown failpoint(s) {unknown}; known: {FAILPOINTS}")
+    started = time.perf_counter()
+    cache = Path(os.environ.get("SOPPU_CACHE_DIR", REPO / ".cache" / "soppu"))
+    examples = build_examples(ExamplesSpec(users=args.users), cache_dir=cache, progress=False)
+    manifest = json.loads((examples / "users.json").read_text())
+    users = {
+        u["user_id"]: {n: (examples / u["adapter"] / n).read_bytes() for n in (CONFIG_NAME, WEIGHTS_NAME)}
+        for u in manifest["users"]
+    }
+    admin_key = secrets.token_urlsafe(24)
+    with tempfile.TemporaryDirectory(prefix="soppu-kill-drill-") as tmp:
+        results = []
+        for step in steps:
+            results.append(drill(step, users, Path(tmp), admin_key))
+            print(json.dumps(results[-1]), file=sys.stderr)
+    report = {
+        "benchmark": "kill_drill",
+        "machine": machine(),
+        "config": {"users": len(users), "failpoints": steps, "store": "local directory", "gate": "error cap only"},
+        "drills": results,
+        "ok": all(result["ok"] for result in results),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(report, indent=2))
+    sys.exit(0 if report["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
