@@ -12,6 +12,7 @@ code                                                                        stat
 ``not_found`` ``cohort_not_found``                                           404
 ``idempotency_conflict`` (the Idempotency-Key was used with another body)    409
 ``user_deleted`` (the user is being deleted; the upload was not stored)
+``request_timeout`` (the body did not arrive in time; see soppu.protocol)    408
 ``too_large`` (body, file, archive or unpacked contents over a limit)        413
 ``not_safetensors`` ``pickle_rejected`` ``unsupported_media_type``           415    (not a kind of file we take)
 ``bad_config`` ``shape_mismatch`` ``missing_tensor`` ``unexpected_tensor``   422    (well formed, but not an

@@ -187,7 +187,7 @@ class IssuedKey(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "key": "sk-soppu-0123456789abcdef.s3cr3t",
+                    "key": "sk-soppu-0123456789abcdef.sssssssssssssssssssssssssssssssssssssssssssedc51869",
                     "key_id": "0123456789abcdef",
                     "role": "user",
                     "user_id": "alice",
