@@ -7,8 +7,8 @@ location's listing is re-read at most every ``revalidate_s`` seconds (0: on ever
 Concurrent requests for one cold adapter share one load (and so one download). A compressed adapter is its
 core (a few KB) plus its cohort's bases, which are loaded once and shared by every core that names the same
 ``basis_id``. Bases are not LRU entries of their own: they are reference-counted by the cached cores that use
-them, counted in the budget once while any cached core holds them, dropped with the last such core, and reused
-(never loaded twice) while they are held.
+them, counted in the budget once while any cached core holds them, and dropped with the last such core. Bases
+still in memory (held by a cached core, a running request or a load under way) are reused, never loaded twice.
 
 Every load failure reaches the caller as an error naming the ``adapter_id`` it asked for and a client-safe
 reason; storage paths and error texts are logged here instead.
@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakValueDictionary
 
 from soppu.adapter.archive import CONFIG_NAME, WEIGHTS_NAME
 from soppu.compression.model import Mode
@@ -94,6 +95,9 @@ class AdapterCache:
         self._sources: dict[AdapterSourceKind, AdapterSource] = {kind: new(rules) for kind, new in SOURCES.items()}
         self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
         self._bases: dict[BasisKey, _HeldBasis] = {}
+        # Every basis still in memory, held by a cached core, a running request or a core being loaded: a core
+        # whose bases are here never loads them again, even before the first core on them is cached.
+        self._alive: WeakValueDictionary[BasisKey, LoadedBasis] = WeakValueDictionary()
         self._inflight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
         self._listings: dict[Location, tuple[float, dict[str, str]]] = {}
         self._bytes = 0
@@ -177,7 +181,7 @@ class AdapterCache:
         if isinstance(value, LoadedCore):
             basis = self._hold(value.basis)
             held = self._bases[basis].value
-            if held is not value.basis:  # its bases were loaded again while another core's load held them
+            if held is not value.basis:  # a copy loaded while the held one was out of reach: keep one
                 value = dataclasses.replace(value, basis=held)
         self._entries[key] = _Entry(value, value.nbytes, basis)
         self._bytes += value.nbytes
@@ -223,16 +227,16 @@ class AdapterCache:
         basis_id, bases_ref = core.basis_id, core.bases_ref
         if bases_ref is None:
             raise AdapterLoadFailed("the core does not say where its bases are (metadata 'bases')")
-        held = self._bases.get(_basis_key(basis_id, core.meta.mode))
-        if held is not None:  # a cached core already holds these bases: never a second copy
-            basis = held.value
-        else:
+        key = _basis_key(basis_id, core.meta.mode)
+        basis = self._alive.get(key)
+        if basis is None:  # nothing holds these bases: load them (once, however many cores ask at a time)
             bases_location, bases_name = location.relative(bases_ref)
             basis = await self._single_flight(
-                ("loading", *_basis_key(basis_id, core.meta.mode)),
+                ("loading", *key),
                 lambda: self._load_basis(source, bases_location, bases_name, basis_id),
                 cache=False,
             )
+            self._alive[key] = basis
         return await asyncio.to_thread(load_core, core, basis, self._shapes, "core")
 
     async def _load_basis(self, source: AdapterSource, location: Location, name: str, basis_id: str) -> LoadedBasis:

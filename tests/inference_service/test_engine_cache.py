@@ -1,6 +1,7 @@
 """The adapter cache's bookkeeping of shared cohort bases, in-process on local files (no model is loaded): a
 basis stays while any cached core uses it and is counted once, a core loaded later reuses it, and it goes with
-the last core that held it. Also: a core whose bases are missing names only the adapter it was asked for."""
+the last core that held it, and cores loading together read it once. Also: a core whose bases are missing names
+only the adapter it was asked for."""
 
 from __future__ import annotations
 
@@ -88,9 +89,21 @@ def test_a_basis_goes_with_the_last_core_that_held_it(cohort) -> None:
     _get(cache, root, users[0], users[1])
     _get(cache, root, f"lora-{users[0]}", f"lora-{users[1]}")  # room for both only once the cores are gone
     assert (cache.stats.entries, cache.stats.bases, cache.stats.bytes) == (2, 0, 2 * lora)
-    downloads = cache.stats.downloads
-    _get(cache, root, users[0])
-    assert cache.stats.downloads == downloads + 2  # dropped, so read again: core and bases
+    (again,) = _get(cache, root, users[0])
+    assert cache.stats.bases == 1 and cache.stats.bytes == again.basis.nbytes + again.nbytes + lora
+
+
+def test_cores_loading_together_share_one_load_of_their_bases(cohort) -> None:
+    root, shapes, users = cohort
+    cache = _cache(root, shapes, 1 << 30)
+
+    async def load() -> list[Any]:
+        return await asyncio.gather(*(cache.get(AdapterRef(LOCAL, str(root / user))) for user in users))
+
+    cores = asyncio.run(load())
+    assert len({id(core.basis) for core in cores}) == 1
+    assert cache.stats.downloads == 1 + len(users)  # one bases file, one core each
+    assert cache.stats.bytes == cores[0].basis.nbytes + sum(core.nbytes for core in cores)
 
 
 def test_missing_bases_are_reported_for_the_adapter_asked_for(cohort, tmp_path: Path) -> None:
