@@ -31,8 +31,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,35 +40,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _compressor_process import TORCH_THREADS, compressor_process
 from _timing import WARMUP, emit_report, percentile
 
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, LoraAdapter, LoraModule, adapter_files, parse_config
-from soppu.cli.stack import Service, free_port
 from soppu.examples import ExamplesSpec, build_examples
 
 REPO = Path(__file__).resolve().parents[1]
 _POLL_S = 0.01
-# One torch thread in the service: on 2 shared cores a second OpenMP thread made single jobs 10x slower at random.
-_TORCH_THREADS = 1
-_START_TIMEOUT_S = 180.0
-
-
-@contextmanager
-def _service(store: Path, admin_key: str, **settings: str) -> Iterator[str]:
-    """A compressor process on ``store``; yields its URL once /readyz answers 200."""
-    port = free_port()
-    env = {**os.environ, "SOPPU_STORE_URL": str(store), "SOPPU_ADMIN_KEY": admin_key, "SOPPU_COMPRESSOR_DEVICE": "cpu"}
-    env["SOPPU_COMPRESSOR_TORCH_THREADS"] = str(_TORCH_THREADS)
-    env |= {f"SOPPU_COMPRESSOR_{k.upper()}": v for k, v in settings.items()}
-    command = [sys.executable, "-m", "compressor_service", "--port", str(port), "--log-level", "warning"]
-    url = f"http://127.0.0.1:{port}"
-    service = Service(f"compressor-{port}", command, env, f"{url}/readyz", cwd=REPO)
-    service.start(store.parent)
-    try:
-        service.wait_healthy(_START_TIMEOUT_S)
-        yield url
-    finally:
-        service.stop(timeout=30)
 
 
 def _upload(client: httpx.Client, user: str, files: dict[str, bytes]) -> tuple[str, float, float]:
@@ -118,7 +95,7 @@ def _fast_path(args: argparse.Namespace, work: Path, admin_key: str) -> dict[str
     }
     accepted, servable, served = [], [], Counter()
     with (
-        _service(work / "fast", admin_key, **settings) as url,
+        compressor_process(work / "fast", admin_key, **settings) as (_, url),
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=120) as client,
     ):
         jobs = [_upload(client, user, files)[0] for user, files in users.items()]
@@ -214,7 +191,7 @@ def _big(args: argparse.Namespace, work: Path, admin_key: str) -> dict[str, Any]
     runs: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
     # No base model: the behaviour check cannot run on a model this adapter does not fit anyway.
     with (
-        _service(work / "big", admin_key, base_model="none", rank=str(args.rank)) as url,
+        compressor_process(work / "big", admin_key, base_model="none", rank=str(args.rank)) as (_, url),
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=300) as client,
     ):
         for i in range(args.big_rounds):
@@ -272,7 +249,7 @@ def main() -> None:
             "burst": args.burst,
             "big_adapter": f"{args.width} wide, r={args.rank}, {args.layers} layers x q,k,v,o, fp32",
             "store": "local directory",
-            "service_torch_threads": _TORCH_THREADS,
+            "service_torch_threads": TORCH_THREADS,
         },
         {
             "baseline": "accept: POST -> 202 (multipart parsed, adapter validated, original and job record stored)",

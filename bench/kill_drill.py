@@ -18,8 +18,6 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +26,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _compressor_process import compressor_process
 from _timing import machine
 
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, read_adapter
-from soppu.cli.stack import Service, free_port
 from soppu.examples import ExamplesSpec, build_examples
 from soppu.failpoints import FAILPOINTS
 from soppu.registry import JobRecord, JobState
@@ -40,33 +38,10 @@ from soppu.store import ObjectStore, open_store
 from soppu.store.layout import AdapterVersion
 
 REPO = Path(__file__).resolve().parents[1]
-_START_TIMEOUT_S = 180.0
+# The error gate alone (no base model): the drill is about processes, not quality. A refit at every original.
+_SETTINGS = {"base_model": "none", "refit_after": "1"}
 _SETTLE_TIMEOUT_S = 300.0
 _POLL_S = 0.1
-
-
-@contextmanager
-def _compressor(store: Path, admin_key: str, failpoints: str = "") -> Iterator[tuple[Service, str]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "SOPPU_STORE_URL": str(store),
-        "SOPPU_ADMIN_KEY": admin_key,
-        "SOPPU_COMPRESSOR_DEVICE": "cpu",
-        "SOPPU_COMPRESSOR_TORCH_THREADS": "1",
-        "SOPPU_COMPRESSOR_BASE_MODEL": "none",  # the error gate alone: the drill is about processes, not quality
-        "SOPPU_COMPRESSOR_REFIT_AFTER": "1",
-        "SOPPU_FAILPOINTS": failpoints,
-    }
-    command = [sys.executable, "-m", "compressor_service", "--port", str(port), "--log-level", "warning"]
-    url = f"http://127.0.0.1:{port}"
-    service = Service(f"compressor-{failpoints or 'clean'}-{port}", command, env, f"{url}/readyz", cwd=REPO)
-    service.start(store.parent)
-    try:
-        service.wait_healthy(_START_TIMEOUT_S)
-        yield service, url
-    finally:
-        service.stop(timeout=30)
 
 
 def _upload(client: httpx.Client, user: str, files: dict[str, bytes]) -> str | None:
@@ -126,7 +101,7 @@ def drill(step: str, users: dict[str, dict[str, bytes]], work: Path, admin_key: 
     acked: list[str] = []
     newest: dict[str, dict[str, bytes]] = {}
     headers = {"Authorization": f"Bearer {admin_key}"}
-    with _compressor(store_dir, admin_key, failpoints=step) as (service, url):
+    with compressor_process(store_dir, admin_key, failpoints=step, **_SETTINGS) as (service, url):
         with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
             for uploads in rounds:
                 for user, files in uploads.items():
@@ -142,7 +117,7 @@ def drill(step: str, users: dict[str, dict[str, bytes]], work: Path, admin_key: 
         killed = not service.alive()
     store = open_store(str(store_dir))
     left = len(pending_jobs(store))
-    with _compressor(store_dir, admin_key):
+    with compressor_process(store_dir, admin_key, **_SETTINGS):
         jobs = _settle(store, acked)
     wrong = {user: why for user, files in newest.items() if (why := _check_user(store, user, files)) is not None}
     failed = {job_id: job.error for job_id, job in jobs.items() if job.state == JobState.FAILED}
