@@ -13,6 +13,7 @@ adapter name back where the backend echoes its storage id (``model``). Backend e
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -72,9 +73,19 @@ def _admit(call: Call, named_user: str | None) -> str:
     return user
 
 
+# A storage id the gateway resolved and sent upstream (``s3://bucket/exports/user/adapter/v00000003``, or a bare
+# key under a layout prefix): a backend's error may echo it, and the client must see neither bucket nor layout.
+_STORAGE_ID = re.compile(rb"(?:s3://[^\s'\"]+|\b(?:exports|cores|bases|originals)/[^\s'\"]+)")
+
+
+def _scrub(content: bytes) -> bytes:
+    return _STORAGE_ID.sub(b"<the adapter>", content)
+
+
 def _upstream_error(reply: Reply) -> Response:
-    """The backend's error with its status; a body that is not LoRAX's shape is wrapped into it."""
-    content = reply.content
+    """The backend's error with its status, storage ids scrubbed; a body that is not LoRAX's shape is wrapped into
+    it."""
+    content = _scrub(reply.content)
     try:
         parsed = json.loads(content)
         ok = isinstance(parsed, dict) and "error" in parsed
@@ -112,6 +123,7 @@ class _Relay:
                 self._tokens += tokens
                 if not tokens and event.startswith(b'data: {"error"'):
                     metrics.stream_errors.labels(error_type=_error_type(event)).inc()
+                    event = _scrub(event)
                 yield self._rewrite(event) if self._rewrite else event
         except httpx.TimeoutException:
             metrics.stream_errors.labels(error_type="upstream_timeout").inc()

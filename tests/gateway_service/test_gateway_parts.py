@@ -273,3 +273,18 @@ def test_no_adapter_policy_applies_to_the_default_adapter_only(tmp_path: Path, p
         asyncio.run(target("other"))
     with pytest.raises(InvalidRequest):  # a storage path is no adapter name
         asyncio.run(target("s3://bucket/exports/dave/default/v00000001"))
+
+
+def test_a_backend_error_reaches_the_client_without_storage_ids() -> None:
+    # Issue 13 item 22: the engine's error named the id the gateway sent, s3://bucket/exports/user/adapter/v...
+    import httpx
+
+    from gateway_service.forward import _upstream_error
+    from gateway_service.routing import Backend
+    from gateway_service.upstream import Reply
+
+    body = b'{"error": "adapter \'s3://soppu/exports/alice/default/v00000003\' could not be loaded", "error_type": "x"}'
+    reply = Reply(Backend("http://127.0.0.1:1", BackendKind.ENGINE), 424, httpx.Headers(), body)
+    content = _upstream_error(reply).body
+    assert b"s3://" not in content and b"exports/" not in content and b"soppu" not in content
+    assert b"could not be loaded" in content
