@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from soppu.adapter import DEFAULT_LIMITS, Limits
 from soppu.compression.distill import DistillSettings
 from soppu.registry.policy import DEFAULT_PROMPTS, GateThresholds
-from soppu.secret_checks import check_s3_secret, check_secret
+from soppu.secret_checks import check_service_secrets
 
 __all__ = ["CompressorSettings", "get_settings"]
 
@@ -125,16 +125,10 @@ class CompressorSettings(BaseSettings):
     gateway_urls: list[str] = Field([], description='JSON list, e.g. ["http://127.0.0.1:8080"]')
     notify_timeout_s: float = Field(2.0, gt=0)
 
-    @field_validator("admin_key")
-    @classmethod
-    def _strong_admin_key(cls, key: SecretStr | None) -> SecretStr | None:
-        check_secret("SOPPU_ADMIN_KEY", None if key is None else key.get_secret_value())
-        return key
-
     @model_validator(mode="after")
-    def _strong_s3_secret(self) -> CompressorSettings:
-        if self.store_url.startswith("s3://"):
-            check_s3_secret(os.environ)
+    def _strong_secrets(self) -> CompressorSettings:
+        key = None if self.admin_key is None else self.admin_key.get_secret_value()
+        check_service_secrets(key, self.store_url, os.environ)
         return self
 
     @field_validator("base_model", mode="before")

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from soppu.secret_checks import check_s3_secret, check_secret
+from soppu.secret_checks import check_service_secrets
 
 __all__ = ["BackendConfig", "BackendKind", "GatewaySettings", "get_settings"]
 
@@ -95,16 +95,10 @@ class GatewaySettings(BaseSettings):
     virtual_nodes: int = Field(64, ge=1, description="points per backend on the consistent-hash ring")
     load_factor: float = Field(1.25, ge=1.0, description="bounded load: skip a backend over this x average")
 
-    @field_validator("admin_key")
-    @classmethod
-    def _strong_admin_key(cls, key: SecretStr | None) -> SecretStr | None:
-        check_secret("SOPPU_ADMIN_KEY", None if key is None else key.get_secret_value())
-        return key
-
     @model_validator(mode="after")
-    def _strong_s3_secret(self) -> GatewaySettings:
-        if self.store_url.startswith("s3://"):
-            check_s3_secret(os.environ)
+    def _strong_secrets(self) -> GatewaySettings:
+        key = None if self.admin_key is None else self.admin_key.get_secret_value()
+        check_service_secrets(key, self.store_url, os.environ)
         return self
 
     @field_validator("backends")

@@ -31,12 +31,14 @@ __all__ = [
     "WeakSecret",
     "check_s3_secret",
     "check_secret",
+    "check_service_secrets",
     "is_loopback_url",
     "secret_problem",
 ]
 
 MIN_SECRET_LENGTH = 16
 MIN_DISTINCT_CHARACTERS = 6
+ADMIN_KEY_VARIABLE = "SOPPU_ADMIN_KEY"
 S3_SECRET_VARIABLE = "AWS_SECRET_ACCESS_KEY"
 
 # Exact values (compared lower-cased) that are public defaults somewhere: MinIO's, moto's, ours, the usual ones.
@@ -116,3 +118,11 @@ def check_s3_secret(environ: Mapping[str, str]) -> None:
     if is_loopback_url(environ.get("S3_ENDPOINT_URL")):
         return
     check_secret(S3_SECRET_VARIABLE, environ.get(S3_SECRET_VARIABLE))
+
+
+def check_service_secrets(admin_key: str | None, store_url: str, environ: Mapping[str, str]) -> None:
+    """What a service holding the admin key and a store checks at startup: the admin key, and the S3 secret
+    when the store is S3."""
+    check_secret(ADMIN_KEY_VARIABLE, admin_key)
+    if store_url.startswith("s3://"):
+        check_s3_secret(environ)
