@@ -108,6 +108,9 @@ class Overloaded(GatewayError):
 class NoBackend(GatewayError):
     status, error_type = 503, "no_backend"
 
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, headers=_retry_after(retry_after_s))
+
 
 class StoreDown(GatewayError):
     status, error_type = 503, "store_unavailable"

@@ -137,18 +137,18 @@ class Upstream:
             backend.in_flight += 1
             try:
                 response = await self._transport.handle_async_request(request)
-            except _DOWN as e:
-                backend.in_flight -= 1
-                backend.mark_down(f"{type(e).__name__}: {e}")
-                self._metrics.retries.labels(reason="failover").inc()
-                last = e
-                continue
             except httpx.TimeoutException as e:
                 backend.in_flight -= 1
                 raise _timeout_error(backend, e) from e
             except httpx.TransportError as e:
+                # Not there, or it died before its first byte (the engine answers a stream's headers with its first
+                # token): nothing reached the client yet, so the next backend takes the request.
                 backend.in_flight -= 1
-                raise NoBackend(f"backend {backend.url} failed: {type(e).__name__}") from e
+                if isinstance(e, _RETRYABLE):
+                    backend.mark_down(f"{type(e).__name__}: {e}")
+                self._metrics.retries.labels(reason="failover").inc()
+                last = e
+                continue
             if response.status_code == 200:
                 return StreamReply(backend, response)
             try:

@@ -67,4 +67,5 @@ def test_every_bench_script_is_covered() -> None:
         "ladder.py",
         "load_drill.py",
         "kill_drill.py",
+        "drills.py",  # its smoke test: tests/e2e/test_serving_drills.py
     }  # a new script needs a smoke test above

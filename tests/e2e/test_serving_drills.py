@@ -9,7 +9,6 @@ the drills is a hang guard, and the recovery times they measure are reported, ne
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +22,7 @@ import drills
 
 pytestmark = pytest.mark.slow
 
-# A known gateway defect, counted as clean here so that the rest stays guarded (bench/drills.py stays strict and
-# reports it): a stream whose engine dies before its response headers (the engine sends them with the first token)
-# is answered 503 no_backend without Retry-After, and not failed over to the other engine although nothing was
-# sent to the client yet (gateway_service/upstream.py, Upstream.open_stream). Remove once fixed.
-KNOWN_DEFECTS = ("http_503:no_backend:no_retry_after",)
-SIZES = dataclasses.replace(drills.QUICK, tolerated=KNOWN_DEFECTS)
+SIZES = drills.QUICK
 
 
 @pytest.fixture(scope="module")

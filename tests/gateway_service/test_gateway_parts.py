@@ -288,3 +288,10 @@ def test_a_backend_error_reaches_the_client_without_storage_ids() -> None:
     content = _upstream_error(reply).body
     assert b"s3://" not in content and b"exports/" not in content and b"soppu" not in content
     assert b"could not be loaded" in content
+
+
+def test_no_backend_answers_retry_after() -> None:
+    # Found by the serving drill: while the only engine restarted, 503 no_backend came without Retry-After.
+    from gateway_service.errors import NoBackend
+
+    assert NoBackend("no healthy backend").headers == {"Retry-After": "1"}
