@@ -71,9 +71,10 @@ def _regex_match(pattern: str, text: str) -> bool:
 
 
 @contextmanager
-def pattern_budget(seconds: float = REGEX_BUDGET_S) -> Iterator[None]:
-    """Every pattern match inside shares one budget of ``seconds`` (one adapter's validation runs inside one)."""
-    token = _deadline.set(time.monotonic() + seconds)
+def pattern_budget(seconds: float | None = None) -> Iterator[None]:
+    """Every pattern match inside shares one budget of ``seconds`` (default :data:`REGEX_BUDGET_S`); one
+    adapter's validation runs inside one."""
+    token = _deadline.set(time.monotonic() + (REGEX_BUDGET_S if seconds is None else seconds))
     try:
         yield
     finally:
