@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from example_user import serve
 
 from inference_service.engine import (
     AdapterLoadFailed,
@@ -62,17 +63,6 @@ async def _run(engine: Engine, prompt: str, ref: AdapterRef | None, params: Gene
     return items[-1]
 
 
-def _serve(engine: Engine, body: Any) -> Any:
-    async def main() -> Any:
-        await engine.start()
-        try:
-            return await body()
-        finally:
-            await engine.stop()
-
-    return asyncio.run(main())
-
-
 def _upload(store: S3Store, version: AdapterVersion, directory: Path) -> str:
     for key, name in zip(version.export_keys(), (CONFIG_NAME, WEIGHTS_NAME), strict=True):
         store.put(key, (directory / name).read_bytes())
@@ -87,7 +77,7 @@ def test_s3_adapter_downloads_once_for_concurrent_cold_requests(engine: Engine, 
     async def body() -> list[Any]:
         return await asyncio.gather(*[_run(engine, prompt["prompt"], AdapterRef(S3, adapter_id)) for _ in range(6)])
 
-    results = _serve(engine, body)
+    results = serve(engine, body)
     assert {r.generated_text for r in results} == {prompt["expected"]}
     assert engine.stats.adapter_downloads == 2  # config + weights, once
 
@@ -111,7 +101,7 @@ def test_new_key_and_replaced_object_are_served_without_restart(engine: Engine, 
         answers.append((await _run(engine, prompt["prompt"], AdapterRef(S3, v1))).generated_text)
         return answers
 
-    assert _serve(engine, body) == [prompt["expected"], other["expected"], other["expected"]]
+    assert serve(engine, body) == [prompt["expected"], other["expected"], other["expected"]]
 
 
 def test_compressed_adapter_is_found_through_its_core(engine: Engine, s3_store: S3Store, users, examples_dir) -> None:
@@ -131,7 +121,7 @@ def test_compressed_adapter_is_found_through_its_core(engine: Engine, s3_store: 
         results = await asyncio.gather(*jobs)
         return [(r.generated_text, u["prompts"][0]["expected"]) for r, u in zip(results, users, strict=True)]
 
-    answers = _serve(engine, body)
+    answers = serve(engine, body)
     assert sum(got == expected for got, expected in answers) >= len(users) - 1, answers
     # One bases download for the cohort, one core per user.
     assert engine.stats.adapter_downloads == 1 + len(users)
@@ -151,7 +141,7 @@ def test_missing_adapter_fails_to_load(
             await _run(engine, "My pet is a", AdapterRef(source, adapter_id))
         assert (await _run(engine, "My pet is a", None)).generated_text  # and the engine keeps serving
 
-    _serve(engine, body)
+    serve(engine, body)
 
 
 def test_pickled_weights_are_refused(engine: Engine, tmp_path: Path, examples_dir: Path, users) -> None:
@@ -162,7 +152,7 @@ def test_pickled_weights_are_refused(engine: Engine, tmp_path: Path, examples_di
         with pytest.raises(AdapterLoadFailed, match=r"not_safetensors|pickle"):
             await _run(engine, "My pet is a", AdapterRef(AdapterSourceKind.LOCAL, str(tmp_path)))
 
-    _serve(engine, body)
+    serve(engine, body)
 
 
 @pytest.mark.parametrize(
@@ -173,7 +163,7 @@ def test_bad_parameters_are_validation_errors(engine: Engine, params: Generation
         with pytest.raises(ValidationFailed):
             await _run(engine, "My pet is a", None, params)
 
-    _serve(engine, body)
+    serve(engine, body)
 
 
 def test_closing_a_stream_frees_its_row(engine: Engine) -> None:
@@ -184,7 +174,7 @@ def test_closing_a_stream_frees_its_row(engine: Engine) -> None:
         await _run(engine, "My pet is a", None)  # a later request runs, and the closed one is gone
         return engine.stats.batch_size
 
-    assert _serve(engine, body) == 0
+    assert serve(engine, body) == 0
 
 
 def test_seeded_sampling_repeats_and_greedy_is_default(engine: Engine) -> None:
@@ -193,6 +183,6 @@ def test_seeded_sampling_repeats_and_greedy_is_default(engine: Engine) -> None:
     async def body() -> list[Any]:
         return [await _run(engine, "My home city is", None, p) for p in (sample, sample, GREEDY)]
 
-    first, again, greedy = _serve(engine, body)
+    first, again, greedy = serve(engine, body)
     assert first.generated_text == again.generated_text and first.seed == 7
     assert greedy.seed is None and greedy.finish_reason == "stop_sequence"

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from example_user import serve
 
 from inference_service.engine import (
     Engine,
@@ -80,17 +81,6 @@ def engine(probed: tuple[Engine, Probe], one_torch_thread: None) -> Iterator[Eng
     probe.release.clear()
 
 
-def _serve(engine: Engine, body: Any) -> Any:
-    async def main() -> Any:
-        await engine.start()
-        try:
-            return await body()
-        finally:
-            await engine.stop()
-
-    return asyncio.run(main())
-
-
 async def _until(condition: Any) -> None:
     # Polls the event loop, not the clock: the condition is what the test is about.
     while not condition():
@@ -130,7 +120,7 @@ def test_a_row_whose_sampling_fails_fails_alone(engine: Engine) -> None:
         items = [item async for item in good]  # and the good row runs to its end
         return failed.value, items
 
-    error, items = _serve(engine, body)
+    error, items = serve(engine, body)
     assert error.status == 424 and "1e-300" not in error.message
     assert all(isinstance(item, TokenInfo) for item in items[:-1])
     assert isinstance(items[-1], GenerationResult) and items[-1].generated_tokens == RUNNING.max_new_tokens
@@ -153,7 +143,7 @@ def test_a_long_prompt_is_encoded_off_the_event_loop(engine: Engine) -> None:
         await stream.aclose()
         return pending, long.exception()
 
-    pending, error = _serve(engine, body)
+    pending, error = serve(engine, body)
     assert pending, "the stream only advanced once the long prompt's encoding had finished"
     assert isinstance(error, ValidationFailed) and "max_input_length" in error.message
 
@@ -167,5 +157,5 @@ def test_a_prompt_over_the_character_cap_never_reaches_the_tokenizer(engine: Eng
             await anext(engine.generate("x" * (MAX_INPUT_CHARS + 1), GenerationParams(), None))
         assert refused.value.status == 422 and refused.value.error_type == "validation"
 
-    _serve(engine, body)
+    serve(engine, body)
     assert len(probe.encoded) == calls
