@@ -166,7 +166,10 @@ class UserDeleted(BaseModel):
 class RefitResult(BaseModel):
     cohort: str
     basis_version: int
-    members: dict[str, dict[str, Any]] = Field(description='"user/adapter" -> the version published and its form')
+    members: dict[str, dict[str, Any]] = Field(
+        description='"user/adapter" -> the version published and its form ({"version", "served_from"}), or '
+        '{"superseded_by": n} when an upload accepted during the refit is what that member is served'
+    )
 
 
 class KeyRequest(BaseModel):
