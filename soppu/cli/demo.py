@@ -215,6 +215,7 @@ class _ChatAsker:
 
     _MAX_NEW_TOKENS = 24
     _PARALLEL = 32
+    _PER_USER = 8  # in flight per user at most: under the gateway's per-user cap (16 by default)
 
     def __init__(self, stack: Stack, base: Path) -> None:
         from transformers import AutoTokenizer
@@ -227,9 +228,13 @@ class _ChatAsker:
             u["user_id"]: ["chat" if (n + i) % 2 == 0 else "generate" for i in range(len(u["prompts"]))]
             for n, u in enumerate(users)
         }
-        work = [(u["user_id"], i) for u in users for i in range(len(u["prompts"]))]
+        # Users in turn, not one user's questions in a row: the gateway caps each user's requests in flight
+        # (429 too_many_in_flight), as it should for any client that sends one user's questions all at once.
+        most = max(len(u["prompts"]) for u in users)
+        work = [(u["user_id"], i) for i in range(most) for u in users if i < len(u["prompts"])]
         prompts = {u["user_id"]: u["prompts"] for u in users}
-        with ThreadPoolExecutor(self._PARALLEL) as pool, tqdm(total=len(work), desc="asking", unit="question") as bar:
+        parallel = min(self._PARALLEL, self._PER_USER * len(users))
+        with ThreadPoolExecutor(parallel) as pool, tqdm(total=len(work), desc="asking", unit="question") as bar:
 
             def one(item: tuple[str, int]) -> str:
                 uid, i = item
