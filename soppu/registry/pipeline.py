@@ -348,14 +348,19 @@ class Pipeline:
         version = AdapterVersion(user, adapter, number)
         return (version, *self.read_original(version))
 
-    def _current_basis(self, key: str) -> str | None:
-        """The basis the member's current version is served from, if any."""
+    def _current(self, key: str) -> Manifest | None:
+        """The manifest of the member's current version, if it has one."""
         user, adapter = key.split("/")
         try:
             pointer = Pointer.from_json(self.store.get(pointer_key(user, adapter)).data)
-            return Manifest.from_json(self.store.get(pointer.manifest_key).data).basis_key
+            return Manifest.from_json(self.store.get(pointer.manifest_key).data)
         except ObjectNotFound:
             return None
+
+    def _current_basis(self, key: str) -> str | None:
+        """The basis the member's current version is served from, if any."""
+        current = self._current(key)
+        return None if current is None else current.basis_key
 
     def sweep_stale(self, state: CohortState, gone: frozenset[str] = frozenset()) -> None:
         """Retire every replaced basis that no current version uses any more (``gone``: members being deleted,
@@ -375,25 +380,21 @@ class Pipeline:
         a deleted user) survives in no served object. Manifests and originals stay, as the history. The current
         version of a member in ``holders`` (overtaken during the refit) may still use it: then the basis and
         that version stay, listed in ``stale_bases``, until :meth:`sweep_stale` finds them unused."""
-        keeping = [key for key in holders if self._current_basis(key) == old_basis]
+        keeping = []
         for key in {*state.members, *holders, *others}:
             user, adapter = key.split("/")
             prefix = AdapterVersion(user, adapter, 1).manifest_key.rsplit("/", 1)[0] + "/"
-            current = self._current_version(user, adapter)
+            current = self._current(key)
+            if key in holders and current is not None and current.basis_key == old_basis:
+                keeping.append(key)
             for info in list(self.store.list(prefix)):
                 manifest = Manifest.from_json(self.store.get(info.key).data)
-                if manifest.basis_key == old_basis and manifest.version != current:
+                if manifest.basis_key == old_basis and (current is None or manifest.version != current.version):
                     version = AdapterVersion(user, adapter, manifest.version)
                     for stale in (version.core_key, *version.export_keys()):
                         self.store.delete(stale)
         if keeping:
-            state.stale_bases[old_basis] = keeping
+            state.stale_bases[old_basis] = sorted(keeping)
             return
         self.store.delete(old_basis)
         self._bases.pop(old_basis, None)
-
-    def _current_version(self, user: str, adapter: str) -> int | None:
-        try:
-            return Pointer.from_json(self.store.get(pointer_key(user, adapter)).data).version
-        except ObjectNotFound:
-            return None
