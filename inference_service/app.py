@@ -85,8 +85,9 @@ async def _on_unexpected(_: Request, e: Exception) -> JSONResponse:
 
 
 def _refuse_body(status: int, message: str) -> bytes:
-    # A stalled body (408): LoRAX has no code for it, so ours, in LoRAX's error body.
-    return json.dumps({"error": message, "error_type": "request_timeout"}).encode()
+    # A stalled body (408) or one over the cap (413): LoRAX has no codes for them, so ours, in its error body.
+    error_type = "request_timeout" if status == 408 else "too_large"
+    return json.dumps({"error": message, "error_type": error_type}).encode()
 
 
 def create_app(settings: EngineSettings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -120,6 +121,8 @@ def create_app(settings: EngineSettings | None = None, engine: Engine | None = N
     app.add_exception_handler(Exception, _on_unexpected)
     for module in (lorax, openai, ops):
         app.include_router(module.router)
-    # A body that does not arrive within body_timeout_s gets 408 request_timeout (slowloris).
-    app.add_middleware(BodyGuard, timeout_s=settings.body_timeout_s, refuse=_refuse_body)
+    # A body that does not arrive within body_timeout_s gets 408 request_timeout (slowloris); one over
+    # max_body_bytes, 413 before it is read whole (max_input_chars is checked only once it is parsed).
+    limit = settings.max_body_bytes
+    app.add_middleware(BodyGuard, timeout_s=settings.body_timeout_s, refuse=_refuse_body, max_bytes=lambda _: limit)
     return app

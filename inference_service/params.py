@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
 
-from soppu.sampling import sampling_problems
+from soppu.sampling import SAMPLING_FIELDS, sampling_problems
 
 from .engine import AdapterRef, AdapterSourceKind, GenerationParams, ValidationFailed
 from .schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, GenerateParameters
@@ -56,13 +56,11 @@ def _refuse_unsupported(p: GenerateParameters) -> None:
 
 
 def generation_params(p: GenerateParameters, settings: EngineSettings) -> GenerationParams:
-    problems = sampling_problems(p.model_dump())
+    problems = sampling_problems(p.model_dump(include=set(SAMPLING_FIELDS)))
     if problems:
         raise ValidationFailed(problems[0].describe("parameters."))
     _refuse_unsupported(p)
     max_new_tokens = settings.default_max_new_tokens if p.max_new_tokens is None else p.max_new_tokens
-    if max_new_tokens <= 0:
-        raise _invalid("parameters.max_new_tokens", max_new_tokens, "must be strictly positive")
     if max_new_tokens > settings.max_new_tokens_cap:
         raise _invalid("parameters.max_new_tokens", max_new_tokens, f"must be <= {settings.max_new_tokens_cap}")
     if p.do_sample and p.temperature is not None and p.temperature <= 0:

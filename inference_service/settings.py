@@ -44,6 +44,12 @@ class EngineSettings(BaseSettings):
     max_new_tokens_cap: int = Field(512, ge=1)
     # The HTTP edge (soppu.protocol.request_body) and the server.
     body_timeout_s: float = Field(30.0, gt=0, description="the whole request body must arrive within this, else 408")
+    max_body_bytes: int = Field(
+        4 << 20,
+        ge=1024,
+        description="larger request bodies get 413 before they are read (a prompt is at most "
+        "max_input_chars characters)",
+    )
     keep_alive_s: int = Field(
         75, ge=1, description="idle connections stay open this long: longer than client pools keep them"
     )

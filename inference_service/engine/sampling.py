@@ -63,7 +63,7 @@ def choose_token(
         scores = _filter(scores, params.top_k, params.top_p)
         probs = scores.softmax(0)
         # Checked here rather than left to multinomial, whose error would end every row of the step.
-        if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
+        if not bool(torch.isfinite(probs).all()):  # a finite softmax sums to 1
             raise NoDistribution("the sampling distribution is not finite")
         token = int(torch.multinomial(probs, 1, generator=generator))
     else:

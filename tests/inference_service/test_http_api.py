@@ -249,3 +249,10 @@ def test_local_paths_and_buckets_the_engine_does_not_serve_are_refused_alike(
     ids = (f"s3://{other.bucket}/users/u/v00000001", "s3://no-such-bucket/users/u/v00000001")
     s3 = {_refusal(engine_url, adapter_id, "s3") for adapter_id in ids}
     assert len(s3) == 1 and s3.pop()[:2] == (403, "adapter_refused"), s3
+
+
+def test_a_body_over_the_cap_is_refused_before_it_is_read(engine_url: str) -> None:
+    # Found in review: the body guard had no cap, so a huge body was read and parsed whole before any check.
+    body = b'{"inputs": "' + b"x" * (5 << 20) + b'"}'
+    r = httpx.post(engine_url + "/generate", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and r.json()["error_type"] == "too_large"
