@@ -4,9 +4,9 @@ behaviour check when one is configured) and the pipeline, starts the job workers
 earlier process left queued or running. The store may be down at start: the service still comes up, answers
 503 until the store is back, and resumes the jobs then.
 
-In front of every route, :class:`soppu.protocol.request_body.BodyGuard` caps each body (an upload's at
-``max_upload_bytes``, any other at ``max_json_bytes``: 413 ``too_large``) and gives a body that does not arrive
-within ``body_timeout_s`` 408 ``request_timeout``.
+In front of every route, :class:`soppu.protocol.request_body.BodyGuard` caps each body but an upload's at
+``max_json_bytes`` (413 ``too_large``; the upload route caps its own at ``max_upload_bytes`` as it parses it)
+and gives a body that does not arrive within ``body_timeout_s`` 408 ``request_timeout``.
 """
 
 from __future__ import annotations
@@ -50,13 +50,14 @@ def _refuse_body(status: int, message: str) -> bytes:
 
 
 def _body_caps(settings: CompressorSettings) -> Callable[[Any], int | None]:
-    """An upload's body may be large (the upload route spools it to disk); every other body is small JSON."""
+    """Every body but an upload's is small JSON. An upload's cap is the upload route's own (uploads.receive_form
+    counts the bytes as it parses them, answers 413 too_large and counts the rejection)."""
     upload = next(r for r in adapters.router.routes if getattr(r, "endpoint", None) is adapters.upload_adapter)
     pattern = upload.path_regex  # type: ignore[attr-defined]
 
-    def cap(scope: Any) -> int:
+    def cap(scope: Any) -> int | None:
         if scope["method"] == "POST" and pattern.match(scope["path"]):
-            return settings.max_upload_bytes
+            return None
         return settings.max_json_bytes
 
     return cap

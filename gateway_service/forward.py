@@ -24,7 +24,7 @@ import httpx
 from fastapi import Response
 
 from soppu.auth import Role
-from soppu.sampling import sampling_problems
+from soppu.sampling import SAMPLING_FIELDS, sampling_problems
 
 from .errors import InvalidRequest
 from .routing import Backend
@@ -55,6 +55,9 @@ def _lorax_tokens(event: bytes) -> int:
 def _openai_tokens(event: bytes) -> int:
     # One chunk per token; the closing chunk carries a finish reason instead of null.
     return 1 if b'"finish_reason":null' in event else 0
+
+
+_SAMPLING = set(SAMPLING_FIELDS)
 
 
 def _refuse_bad_sampling(values: dict[str, Any], prefix: str) -> None:
@@ -223,7 +226,7 @@ async def generate(call: Call, body: GenerateRequest, mode: Mode) -> Response:
     p = body.parameters
     if p.merged_adapters is not None:
         raise InvalidRequest("`parameters.merged_adapters` is not allowed through the gateway: it names other adapters")
-    _refuse_bad_sampling(p.model_dump(), "parameters.")
+    _refuse_bad_sampling(p.model_dump(include=_SAMPLING), "parameters.")
     gateway = call.gateway
     user = _admit(call, body.user_id)
     params = p.model_dump(exclude_none=True, exclude=_LORAX_NOT_FORWARDED)
@@ -257,7 +260,7 @@ async def generate(call: Call, body: GenerateRequest, mode: Mode) -> Response:
 async def openai(call: Call, body: CompletionRequest | ChatCompletionRequest, path: str) -> Response:
     """``/v1/completions`` and ``/v1/chat/completions``: ``model`` is the adapter name."""
     gateway = call.gateway
-    _refuse_bad_sampling(body.model_dump(), "")
+    _refuse_bad_sampling(body.model_dump(include=_SAMPLING), "")  # never the messages: only what is checked
     named = body.user_id or (body.user if call.principal.role is not Role.USER else None)
     user = _admit(call, named)
     fields = body.model_dump(exclude_none=True, exclude=_OPENAI_NOT_FORWARDED)

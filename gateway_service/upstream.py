@@ -137,14 +137,14 @@ class Upstream:
             backend.in_flight += 1
             try:
                 response = await self._transport.handle_async_request(request)
-            except httpx.TimeoutException as e:
-                backend.in_flight -= 1
-                raise _timeout_error(backend, e) from e
             except httpx.TransportError as e:
-                # Not there, or it died before its first byte (the engine answers a stream's headers with its first
-                # token): nothing reached the client yet, so the next backend takes the request.
                 backend.in_flight -= 1
-                if isinstance(e, _RETRYABLE):
+                if isinstance(e, httpx.TimeoutException) and not isinstance(e, httpx.ConnectTimeout):
+                    raise _timeout_error(backend, e) from e
+                # Not there, or it died before its first byte (the engine answers a stream's headers with its first
+                # token): nothing reached the client yet, so the next backend takes the request. Only a backend
+                # that is not there at all is marked down, as post() does; one reset connection is not that.
+                if isinstance(e, _DOWN):
                     backend.mark_down(f"{type(e).__name__}: {e}")
                 self._metrics.retries.labels(reason="failover").inc()
                 last = e

@@ -118,4 +118,10 @@ class BodyGuard:
                     message = {**message, "headers": [*message.get("headers", ()), _CLOSE]}
             await send(message)
 
-        await self.app(scope, guarded_receive, guarded_send)
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except Exception:
+            # Once the guard has answered, the app sees the client gone (Starlette raises ClientDisconnect from
+            # its body reader): expected, and not the server's business. Before that, a failure is the app's.
+            if not answered:
+                raise

@@ -105,3 +105,18 @@ def test_an_answer_before_the_body_was_read_closes_the_connection() -> None:
     assert sent[0]["status"] == 401 and _headers(sent[0])[b"connection"] == b"close"
     bodiless = _run(refuses_at_once, _scope("GET"), [])  # nothing was coming: keep-alive is untouched
     assert sent[1]["body"] == bodiless[1]["body"] and b"connection" not in _headers(bodiless[0])
+
+
+def test_an_app_that_fails_on_the_client_gone_after_a_refusal_does_not_reach_the_server() -> None:
+    # Found in review: after the guard's 413, Starlette's body reader raised ClientDisconnect up to uvicorn.
+    class ClientDisconnect(Exception):
+        pass
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        while (await receive())["type"] == "http.request":
+            pass
+        raise ClientDisconnect
+
+    chunked = _scope(headers=[(b"transfer-encoding", b"chunked")])
+    sent = _run(app, chunked, [b"x" * 600, b"x" * 600], max_bytes=1024)  # _run raises if the guard lets it out
+    assert sent[0]["status"] == 413
