@@ -18,6 +18,7 @@ code                                                                        stat
 ``bad_config`` ``shape_mismatch`` ``missing_tensor`` ``unexpected_tensor``   422    (well formed, but not an
 ``non_finite`` ``unsupported_dtype`` ``unsupported_variant``                        adapter we can serve)
 ``base_model_mismatch`` ``bad_probes`` ``invalid_name`` ``invalid_request``
+``lorax_rank_limit`` ``lorax_partial_layers`` (LoRAX 0.12.1 could not serve it exactly)
 ``store_error`` (the store refused an operation)                             502
 ``store_unavailable`` ``busy`` (the job queue is full) ``not_ready``,        503
 with ``Retry-After``
@@ -66,6 +67,8 @@ STATUS: dict[str, int] = {
             "bad_probes",
             "invalid_name",
             "invalid_request",
+            "lorax_rank_limit",
+            "lorax_partial_layers",
         ),
         422,
     ),

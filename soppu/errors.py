@@ -78,6 +78,8 @@ class AdapterErrorCode(StrEnum):
     TOO_LARGE = "too_large"  # a file, an archive or its unpacked contents exceed a limit
     BASE_MODEL_MISMATCH = "base_model_mismatch"  # the adapter was trained for another base model
     BAD_PROBES = "bad_probes"  # the upload's probe prompts are not a short JSON list of strings
+    LORAX_RANK_LIMIT = "lorax_rank_limit"  # a rank over 128: LoRAX 0.12.1 has no kernel to serve it exactly
+    LORAX_PARTIAL_LAYERS = "lorax_partial_layers"  # a layer type on some layers only, and no base model to fill
 
 
 class AdapterError(SoppuError):

@@ -28,6 +28,7 @@ __all__ = [
     "LORAX_TOKENIZER_CLASSES",
     "LORAX_VERSION",
     "lora_projection_shapes",
+    "lorax_dtype",
     "lorax_problems",
     "lorax_rank",
 ]
@@ -124,6 +125,21 @@ def lorax_rank(r: int) -> int:
     if r <= _MIN_SGMV_RANK:
         return _MIN_SGMV_RANK
     return -(-r // _SGMV_BLOCK) * _SGMV_BLOCK
+
+
+def lorax_dtype(config: dict[str, Any], override: str | None = None) -> str:
+    """The dtype LoRAX 0.12.1 serves a base model in, given its ``config.json``: the one every adapter factor is
+    cast to when it loads (``load_module_weight``, server/lorax_server/utils/weights.py:555-567, with
+    ``model.dtype``).
+
+    ``--dtype`` (``override``) wins, else ``torch_dtype``, else float16; float16 and float32 both become float16
+    (server/lorax_server/models/__init__.py:77-95). A GPU without bfloat16 falls back to float16, which this
+    cannot see: LoRAX deploys on Ampere or newer, where it has it.
+    """
+    name = override or config.get("torch_dtype") or "float16"
+    if not isinstance(name, str):
+        raise ValueError(f"torch_dtype must be a string, got {name!r}")
+    return "float16" if name in ("float16", "float32") else name
 
 
 def lora_projection_shapes(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
