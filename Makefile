@@ -18,7 +18,7 @@ export SOPPU_CACHE_DIR ?= $(CURDIR)/.cache/soppu
 DEMO_USERS ?=
 EXAMPLES_BASE ?= smollm2
 
-.PHONY: install lock test demo dev lint format bench up down logs clean
+.PHONY: install lorax-libs lock test demo dev lint format bench up down logs clean
 
 # The stamp is rebuilt only when pyproject.toml changes, so a repeat `make install` takes no time.
 install: $(VENV)/.installed
@@ -38,9 +38,24 @@ $(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(PY) -m pip install --quiet --no-deps lorax-client==$(LORAX_CLIENT_VERSION)
 	touch $@
 
+# LoRAX 0.12.1's own libraries, for the tests that hold our exports against what LoRAX really runs
+# (tests/lorax_contract/test_peft040.py): its server pins (server/requirements.txt, and the accelerate and
+# tokenizers its image resolves). They go into a folder of their own, each without its dependencies, and a test
+# runs .venv's python with PYTHONPATH=$(LORAX_LIBS): these shadow the venv's newer transformers, peft and
+# huggingface-hub, while torch, safetensors and numpy still come from .venv (never a second torch).
+LORAX_LIBS := .cache/lorax-libs
+LORAX_LIB_PINS := peft==0.4.0 transformers==4.45.1 huggingface-hub==0.23.5 tokenizers==0.20.0 accelerate==0.24.1
+
+lorax-libs: $(LORAX_LIBS)/.installed
+
+$(LORAX_LIBS)/.installed: Makefile | $(VENV)/.installed
+	rm -rf $(LORAX_LIBS)
+	$(PY) -m pip install --quiet --no-deps --target $(LORAX_LIBS) $(LORAX_LIB_PINS)
+	touch $@
+
 # Two workers, a test file each at a time (a file's fixtures start its processes once): the suite is mostly
 # waiting on the processes it starts, so it runs in about two thirds of the time on 2 cores.
-test: install
+test: install lorax-libs
 	$(PY) -m pytest -n 2 --dist loadfile
 
 # Rewrite constraints.txt from what is installed now (after changing a dependency in pyproject.toml).
