@@ -59,8 +59,8 @@ def _versions() -> dict[str, str]:
 def _config(directory: Path) -> dict[str, Any]:
     from peft import LoraConfig
 
-    # What LoRAX 0.12.1 calls (server/lorax_server/adapters/lora.py, LoraConfig.load).
-    config = LoraConfig.from_pretrained(str(directory))
+    # The call LoRAX 0.12.1 makes (server/lorax_server/adapters/lora.py, LoraConfig.load); no api_token here.
+    config = LoraConfig.from_pretrained(str(directory), token=None)
     raw = json.loads((directory / "adapter_config.json").read_text())
     fields = {}
     for name in _CONFIG_FIELDS:
