@@ -39,8 +39,8 @@ $(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	touch $@
 
 # LoRAX 0.12.1's own libraries, for the tests that hold our exports against what LoRAX really runs
-# (tests/lorax_contract/test_peft040.py): its server pins (server/requirements.txt, and the accelerate and
-# tokenizers its image resolves). They go into a folder of their own, each without its dependencies, and a test
+# (tests/lorax_contract/test_peft040.py): its server's pins (server/requirements.txt; accelerate, which peft
+# 0.4.0 imports, as its poetry.lock has it). They go into a folder of their own, without dependencies, and a test
 # runs .venv's python with PYTHONPATH=$(LORAX_LIBS): these shadow the venv's newer transformers, peft and
 # huggingface-hub, while torch, safetensors and numpy still come from .venv (never a second torch).
 LORAX_LIBS := .cache/lorax-libs
