@@ -3,16 +3,18 @@ rules are :class:`soppu.registry.policy.QualityGate`'s; this module only loads i
 
 from __future__ import annotations
 
+import json
 import logging
 
 from soppu.compression import Mode
 from soppu.compression.distill import DistillSettings
+from soppu.lorax_limits import lorax_dtype
 from soppu.models import load_causal_lm, resolve_device
 from soppu.registry.policy import JUDGE_SEED, CompressionPolicy, GateThresholds, QualityGate
 
 from .settings import CompressorSettings
 
-__all__ = ["build_gate", "build_policy"]
+__all__ = ["build_gate", "build_policy", "export_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,18 @@ def build_policy(settings: CompressorSettings) -> CompressionPolicy:
         refit_after=settings.refit_after,
         min_basis_members=settings.min_basis_members,
         device=str(resolve_device(settings.device)),
+        export_dtype=export_dtype(settings),
     )
+
+
+def export_dtype(settings: CompressorSettings) -> str | None:
+    """The dtype exports are written in: the setting, or with ``auto`` the one LoRAX serves the base model in
+    (read from its config.json), or with no base model the adapter's own."""
+    if settings.export_dtype != "auto":
+        return settings.export_dtype
+    if settings.base_model is None:
+        return None
+    return lorax_dtype(json.loads((settings.base_model / "config.json").read_text(encoding="utf-8")))
 
 
 def build_gate(settings: CompressorSettings) -> QualityGate:

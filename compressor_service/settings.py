@@ -58,9 +58,16 @@ class CompressorSettings(BaseSettings):
 
     # Compression policy (soppu.registry.policy.CompressionPolicy).
     mode: Literal["full", "diag"] = Field("full", description="JD-Full (R x R cores) or JD-Diag (diagonal cores)")
-    rank: int | None = Field(16, ge=1, description="shared rank R of a cohort's bases; unset: pick R by max_error")
+    rank: int | None = Field(
+        16, ge=1, le=128, description="shared rank R of a cohort's bases (at most 128, LoRAX's); unset: by max_error"
+    )
     max_error: float | None = Field(None, gt=0, description="with no rank: the mean relative error R must meet")
     refit_after: int = Field(1, ge=1, description="refit a cohort once this many members wait on originals")
+    export_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="dtype of the published exports; auto: the one LoRAX serves the base model in (its torch_dtype, "
+        "float32 as float16), or the adapter's own without a base model",
+    )
 
     # Quality gate (soppu.registry.policy.QualityGate).
     gate_max_error: float = Field(

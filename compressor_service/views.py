@@ -8,6 +8,7 @@ from typing import Any
 
 from soppu.adapter import Limits
 from soppu.adapter.fits import check_fits
+from soppu.adapter.served_form import check_servable
 from soppu.auth import KeyRing, Principal, Role
 from soppu.errors import InvalidName, ObjectNotFound
 from soppu.registry import JobRecord, JobState
@@ -74,6 +75,7 @@ def accept(
     files, adapter = collect(form, limits)
     if pipeline.base_shapes is not None:
         check_fits(adapter, pipeline.base_shapes, pipeline.gate.base_model or "the compressor's base model")
+    check_servable(adapter, pipeline.base_shapes)  # published in a form LoRAX serves exactly, or refused now
     del adapter  # its tensors: not held while the files are stored
     job, is_new = accept_upload(store, user_id, name, files, idempotency)
     refusal = _deleted_meanwhile(store, keys, principal, user_id)

@@ -6,8 +6,10 @@ outputs equal ``U S V^T`` up to float rounding.
 
 When modules have different ranks, every module is padded with zero columns of ``B'`` and zero rows of ``A'`` to
 the largest R. Zeros add nothing, so the outputs are the same, and the config needs no ``rank_pattern`` (LoRAX
-may not honour it). The export is R/r times LARGER than the original adapter; it exists for compatibility, and
-the storage saving lives in the compressed form (:mod:`soppu.compression.format`).
+does not honour it). What is published is this in its served form (:mod:`soppu.adapter.served_form`: the rank
+padded on to one LoRAX has kernels for, every layer present, the served dtype). The export is R/r times LARGER
+than the original adapter; it exists for compatibility, and the storage saving lives in the compressed form
+(:mod:`soppu.compression.format`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 
 from soppu.adapter import AdapterConfig, LoraAdapter, LoraModule, write_adapter
+from soppu.adapter.served_form import pad_rank, served_form
 from soppu.compression.factors import core_to_factors
 from soppu.compression.model import CompressedAdapter, Compression, Mode
 from soppu.errors import CompressionError
@@ -27,16 +30,6 @@ __all__ = ["export_rank", "to_lora", "write_peft_export"]
 def export_rank(compression: Compression, adapter: CompressedAdapter) -> int:
     """The rank ``r`` of ``adapter``'s export: the largest R over its modules."""
     return max(compression.basis(adapter, module).rank for module in adapter.cores)
-
-
-def _pad(b: torch.Tensor, a: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    missing = rank - a.shape[0]
-    if missing == 0:
-        return b, a
-    return (
-        torch.cat([b, b.new_zeros(b.shape[0], missing)], dim=1),
-        torch.cat([a, a.new_zeros(missing, a.shape[1])], dim=0),
-    )
 
 
 def to_lora(compression: Compression, adapter: CompressedAdapter, *, dtype: torch.dtype = torch.float32) -> LoraAdapter:
@@ -61,7 +54,7 @@ def to_lora(compression: Compression, adapter: CompressedAdapter, *, dtype: torc
             )
         basis = compression.basis(adapter, module)
         b, a = core_to_factors(basis, core.to(device=basis.u.device, dtype=torch.float32), Mode(compression.mode))
-        b, a = _pad(b, a, rank)
+        b, a = pad_rank(b, a, rank)
         modules[module] = LoraModule(b=b.to(dtype), a=a.to(dtype).contiguous(), scaling=config.scaling_for(module))
     return LoraAdapter(config, modules)
 
@@ -69,6 +62,6 @@ def to_lora(compression: Compression, adapter: CompressedAdapter, *, dtype: torc
 def write_peft_export(
     compression: Compression, name: str, directory: Path | str, *, dtype: torch.dtype = torch.float32
 ) -> Path:
-    """Write the PEFT export of the adapter called ``name`` into ``directory`` (adapter_config.json and
-    adapter_model.safetensors, as :func:`soppu.adapter.write_adapter` writes them)."""
-    return write_adapter(to_lora(compression, compression.adapter(name), dtype=dtype), directory)
+    """Write the PEFT export of the adapter called ``name``, in its served form, into ``directory``
+    (adapter_config.json and adapter_model.safetensors, as :func:`soppu.adapter.write_adapter` writes them)."""
+    return write_adapter(served_form(to_lora(compression, compression.adapter(name)), dtype=dtype), directory)

@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from soppu.adapter import LoraAdapter
+from soppu.adapter.served_form import SERVED_RANKS
 from soppu.compression import Compression, reconstruction_errors
 from soppu.compression.export import to_lora
 from soppu.compression.model import CompressedAdapter
@@ -32,6 +33,12 @@ __all__ = ["climb", "served_by"]
 def served_by(ladder: list[dict[str, Any]]) -> str:
     """The step that serves the user: the last one tried if its gate passed, else ``original``."""
     return ladder[-1]["step"] if ladder[-1]["gate"]["passed"] else "original"
+
+
+def _skipped_projection(compressed: CompressedAdapter, reason: str) -> dict[str, Any]:
+    worst = max(compressed.errors.values(), default=0.0)
+    refused = {"passed": False, "reasons": [reason], "max_error": worst, "behaviour": None}
+    return {"step": "projection", "skipped": reason, "gate": refused}
 
 
 def climb(
@@ -47,14 +54,15 @@ def climb(
     """The candidate that passed (or the last one tried), its export, and one entry per step (``step``, its
     ``gate`` result, and the step's own figures; a skipped step says why). The last entry's gate decides."""
     exported = to_lora(compression, compressed)
+    if exported.config.r > SERVED_RANKS[-1]:
+        reason = f"the export's rank {exported.config.r} is over {SERVED_RANKS[-1]}, the largest LoRAX serves"
+        return compressed, exported, [_skipped_projection(compressed, reason)]
     young = member not in contributors and len(contributors) < policy.min_basis_members
     if young and gate.judges_behaviour(original):  # without a model the cheap error cap judges it anyway
         reason = (
             f"the basis was fitted on {len(contributors)} member(s) < {policy.min_basis_members}: wait for the refit"
         )
-        worst = max(compressed.errors.values(), default=0.0)
-        refused = {"passed": False, "reasons": [reason], "max_error": worst, "behaviour": None}
-        return compressed, exported, [{"step": "projection", "skipped": reason, "gate": refused}]
+        return compressed, exported, [_skipped_projection(compressed, reason)]
     reference = gate.reference(original, probes)  # the original's side, once for every step
     ladder = [{"step": "projection", "gate": gate.check(original, exported, compressed.errors, probes, reference)}]
     if ladder[-1]["gate"]["passed"]:

@@ -29,6 +29,7 @@ from typing import Any
 
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, LoraAdapter, adapter_files, read_adapter
 from soppu.adapter.probes import parse_probes
+from soppu.adapter.served_form import served_form
 from soppu.compression import Compression, compress, project
 from soppu.compression.accounting import bases_parameters, core_parameters
 from soppu.compression.format import bases_bytes, core_bytes, read_bases
@@ -221,13 +222,13 @@ class Pipeline:
             ref = relative_ref(version.core_key, state.basis_key)
             self._put_once(version.core_key, core_bytes(compression, compressed, bases_ref=ref))
             failpoint("publish.core")
-            export = adapter_files(exported)
-            export_files = {CONFIG_NAME: export.config, WEIGHTS_NAME: export.weights}
             served, core_prefix = ServedFrom.COMPRESSED, version.core_prefix
         else:
-            export_files = {CONFIG_NAME: files[CONFIG_NAME], WEIGHTS_NAME: files[WEIGHTS_NAME]}
-            served, core_prefix = ServedFrom.ORIGINAL, None
+            exported, served, core_prefix = original, ServedFrom.ORIGINAL, None
             report["ratio"] = 1.0
+        # Originals too: LoRAX would mis-scale a raw rsLoRA, patterned or odd-rank upload (soppu.adapter.served_form).
+        export = adapter_files(served_form(exported, shapes=self.base_shapes, dtype=self.policy.served_dtype()))
+        export_files = {CONFIG_NAME: export.config, WEIGHTS_NAME: export.weights}
         for key, name in zip(version.export_keys(), (CONFIG_NAME, WEIGHTS_NAME), strict=True):
             self._put_once(key, export_files[name])
         failpoint("publish.export")

@@ -69,6 +69,10 @@ class CompressionPolicy:
     min_basis_members: int = 4  # a newcomer is judged only on a basis fitted on at least this many members
     device: str = "auto"
     seed: int = 0
+    export_dtype: str | None = None  # the served dtype exports are written in (None: the adapter's own)
+
+    def served_dtype(self) -> torch.dtype | None:
+        return None if self.export_dtype is None else getattr(torch, self.export_dtype)
 
     def rank_policy(self) -> RankPolicy:
         if self.rank is not None:
