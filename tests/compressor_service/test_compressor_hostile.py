@@ -130,6 +130,29 @@ BAD_PROBES = {
 }
 
 
+# Adapters that LoRAX 0.12.1 could not serve exactly in any form SOPPU could publish (soppu.adapter.served_form).
+_LAYER_0 = {"model.layers.0.self_attn.q_proj": (16, 16), "model.layers.0.self_attn.v_proj": (8, 16)}
+LORAX_REFUSALS = {
+    "a rank over 128": ("lorax_rank_limit", make_files(r=129)),
+    # v_proj on layer 0 only, and the service has no base model to fill layer 1 from.
+    "a layer type on some layers only": (
+        "lorax_partial_layers",
+        make_files({**_LAYER_0, "model.layers.1.self_attn.q_proj": (16, 16)}),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LORAX_REFUSALS))
+def test_an_adapter_lorax_could_not_serve_exactly_is_refused_with_422(compressor: Compressor, case: str) -> None:
+    code, files = LORAX_REFUSALS[case]
+    before = compressor.keys()
+    with compressor.client() as client:
+        response = upload(client, "mallory", file_parts(parts(files)))
+    assert (response.status_code, response.json()["error"]["code"]) == (422, code), response.text
+    assert "LoRAX 0.12.1" in response.json()["error"]["message"]
+    assert compressor.keys() == before
+
+
 @pytest.mark.parametrize("case", sorted(BAD_PROBES))
 def test_bad_probes_are_refused_with_422_and_nothing_is_stored(compressor: Compressor, case: str) -> None:
     before = compressor.keys()
