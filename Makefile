@@ -93,7 +93,9 @@ PROFILE ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 BACKENDS_gpu := [{"url":"http://lorax:80","kind":"lorax"}]
 BACKENDS_cpu := [{"url":"http://engine:8082","kind":"engine"}]
 DEBUG_PORTS ?=
-COMPOSE_FILES := -f docker-compose.yml $(if $(DEBUG_PORTS),-f docker-compose.debug.yml)
+# HUB=1 adds docker-compose.hub.yml: LoRAX may reach the Hub, for a Hub BASE_MODEL (lorax/README.md).
+HUB ?=
+COMPOSE_FILES := -f docker-compose.yml $(if $(DEBUG_PORTS),-f docker-compose.debug.yml) $(if $(HUB),-f docker-compose.hub.yml)
 
 # infra/write_env.py writes .env with random secrets, or completes an existing one (a missing or placeholder
 # secret gets a random value; the others are kept). It prints names only.
@@ -111,7 +113,7 @@ up: install
 
 # With the debug file too, so its network goes whichever way the stack was started.
 down:
-	$(COMPOSE) -f docker-compose.yml -f docker-compose.debug.yml --profile cpu --profile gpu down
+	$(COMPOSE) -f docker-compose.yml -f docker-compose.debug.yml -f docker-compose.hub.yml --profile cpu --profile gpu down
 
 logs:
 	$(COMPOSE) $(COMPOSE_FILES) --profile $(PROFILE) logs -f --tail=100

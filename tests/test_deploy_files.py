@@ -352,3 +352,41 @@ def test_lorax_runs_as_the_guide_says() -> None:
     for name in ("lorax", "compressor-gpu"):
         devices = _services()[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"], name
+
+
+HUB = ROOT / "docker-compose.hub.yml"
+
+
+def _flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+@needs_compose
+def test_lorax_takes_what_the_gateway_admits_stays_offline_and_leaves_the_compressor_room() -> None:
+    # Issue 14: LoRAX's default of 128 concurrent requests sat under the gateway's 512; an empty Hub token made it
+    # send an empty bearer token; every new export cost a Hub lookup; LoRAX and the compressor both reserved
+    # "one GPU", the same one, with LoRAX taking all of it.
+    from gateway_service.settings import GatewaySettings
+
+    services = _config(COMPOSE)["services"]
+    lorax = services["lorax"]
+    admitted = GatewaySettings.model_fields["max_concurrent_requests"].default
+    assert int(_flag(lorax["command"], "--max-concurrent-requests")) >= admitted
+    assert str(lorax["environment"]["HF_HUB_OFFLINE"]) == "1"
+    assert all(str(value) != "" for value in lorax["environment"].values())  # no empty token variables
+    assert "HUGGING_FACE_HUB_TOKEN" not in lorax["environment"]
+
+    def gpu(name: str) -> list[str]:
+        return services[name]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
+
+    if gpu("lorax") == gpu("compressor-gpu"):  # one GPU shared: LoRAX must not take all of it
+        assert float(_flag(lorax["command"], "--cuda-memory-fraction")) < 1.0
+
+
+@needs_compose
+def test_the_hub_override_needs_its_token() -> None:
+    assert _compose(COMPOSE, HUB, quiet=True).returncode != 0  # no token: refused, never an empty one
+    with_token = _compose(COMPOSE, HUB, HUGGING_FACE_HUB_TOKEN="hf_example")
+    assert with_token.returncode == 0, with_token.stderr
+    environment = yaml.safe_load(with_token.stdout)["services"]["lorax"]["environment"]
+    assert environment["HUGGING_FACE_HUB_TOKEN"] == "hf_example" and str(environment["HF_HUB_OFFLINE"]) == "0"
