@@ -113,7 +113,7 @@ up: install
 
 # With the debug file too, so its network goes whichever way the stack was started.
 down:
-	$(COMPOSE) -f docker-compose.yml -f docker-compose.debug.yml -f docker-compose.hub.yml --profile cpu --profile gpu down
+	$(COMPOSE) -f docker-compose.yml -f docker-compose.debug.yml --profile cpu --profile gpu down
 
 logs:
 	$(COMPOSE) $(COMPOSE_FILES) --profile $(PROFILE) logs -f --tail=100
