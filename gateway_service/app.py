@@ -88,10 +88,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
             gateway = Gateway(settings, store, transport, metrics)
             # One round before serving, so /readyz and routing start from the backends' real state.
-            await gateway.pool.check_all(client, settings.health_timeout_s)
-            watcher = asyncio.create_task(
-                gateway.pool.watch(client, settings.health_interval_s, settings.health_timeout_s)
-            )
+            timeouts = (settings.health_timeout_s, settings.health_fallback_timeout_s)
+            await gateway.pool.check_all(client, *timeouts)
+            watcher = asyncio.create_task(gateway.pool.watch(client, settings.health_interval_s, *timeouts))
             app.state.gateway = gateway
             try:
                 yield

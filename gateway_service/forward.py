@@ -7,7 +7,10 @@ users' adapters), and ``max_new_tokens`` with the default and cap applied; sampl
 :mod:`soppu.sampling`'s limits are refused (422) before anything is forwarded; the upstream headers are only
 content type, request id and W3C trace context, so no ``Authorization``, ``X-API-Key`` or cookie reaches a
 backend. Successful answers pass through as bytes (JSON) or event by event (SSE); the OpenAI routes put the
-adapter name back where the backend echoes its storage id (``model``). Backend errors keep their status.
+adapter name back where the backend names a model (its storage id, or LoRAX's ``"null"``). Backend errors keep
+their status; an error event that opens a stream is answered as its status (:mod:`~gateway_service.upstream`).
+What differs between backend kinds (token counts, OpenAI request forms) is read in
+:mod:`~gateway_service.dialects`.
 """
 
 from __future__ import annotations
@@ -26,11 +29,21 @@ from fastapi import Response
 from soppu.auth import Role
 from soppu.sampling import SAMPLING_FIELDS, sampling_problems
 
+from .dialects import (
+    Counter,
+    generate_tokens,
+    lorax_openai_fields,
+    model_rewrite,
+    one_prompt,
+    openai_tokens,
+    stream_error,
+)
 from .errors import InvalidRequest
 from .routing import Backend
 from .schemas import ChatCompletionRequest, CompletionRequest, GenerateRequest
 from .service import Call, Target
-from .sse import EventStreamResponse, error_event, split_events
+from .settings import BackendKind
+from .sse import EventStreamResponse, error_event, event_data
 from .upstream import BodyFor, Reply, StreamReply
 
 __all__ = ["Mode", "generate", "openai"]
@@ -38,23 +51,14 @@ __all__ = ["Mode", "generate", "openai"]
 _LORAX_NOT_FORWARDED = frozenset({"adapter_id", "adapter_source", "api_token", "merged_adapters"})
 _OPENAI_NOT_FORWARDED = frozenset({"model", "user_id", "user", "adapter_source", "api_token", "max_completion_tokens"})
 _PASSED_HEADERS = ("x-prompt-tokens", "x-generated-tokens", "x-total-tokens", "retry-after")
-Counter = Callable[[bytes], int]  # generated tokens in one SSE event
 Rewrite = Callable[[bytes], bytes]
+Shaping = Callable[[Backend], tuple[Counter, Rewrite | None]]  # how a stream from that backend is counted, rewritten
 
 
 class Mode(Enum):
     JSON = "json"  # POST /generate
     LIST = "list"  # POST / without stream: lorax-client reads element 0 of a list
     STREAM = "stream"  # POST /generate_stream, or POST / with stream
-
-
-def _lorax_tokens(event: bytes) -> int:
-    return 1 if b'"token":{' in event else 0
-
-
-def _openai_tokens(event: bytes) -> int:
-    # One chunk per token; the closing chunk carries a finish reason instead of null.
-    return 1 if b'"finish_reason":null' in event else 0
 
 
 _SAMPLING = set(SAMPLING_FIELDS)
@@ -106,6 +110,10 @@ def _charge(call: Call, user: str, tokens: int) -> None:
     call.gateway.metrics.tokens.inc(tokens)
 
 
+def _generate_shaping(backend: Backend) -> tuple[Counter, Rewrite | None]:
+    return generate_tokens, None  # the same for both kinds; nothing names a model
+
+
 class _Relay:
     """One upstream stream relayed to the client event by event; ``close`` releases everything once."""
 
@@ -118,14 +126,19 @@ class _Relay:
     async def events(self) -> AsyncGenerator[bytes, None]:
         metrics = self._call.gateway.metrics
         try:
-            async for event in split_events(self._reply.response.aiter_bytes()):
-                tokens = self._count(event)
-                if tokens and not self._tokens:
+            async for event in self._reply.events():
+                data = event_data(event)
+                if data is None:  # a comment (keep-alive): passed on as it is
+                    yield event
+                    continue
+                added, total = self._count(data)
+                if (added or total) and not self._tokens:
                     route = self._call.state.get("route", "other")
                     metrics.first_token.labels(route=route).observe(time.perf_counter() - self._call.started)
-                self._tokens += tokens
-                if not tokens and event.startswith(b'data: {"error"'):
-                    metrics.stream_errors.labels(error_type=_error_type(event)).inc()
+                self._tokens = total if total is not None else self._tokens + added
+                error = stream_error(data)
+                if error is not None:
+                    metrics.stream_errors.labels(error_type=error.error_type).inc()
                     event = _scrub(event)
                 yield self._rewrite(event) if self._rewrite else event
         except httpx.TimeoutException:
@@ -146,13 +159,6 @@ class _Relay:
             _charge(self._call, self._user, self._tokens)
 
 
-def _error_type(event: bytes) -> str:
-    try:
-        return str(json.loads(event.removeprefix(b"data: "))["error_type"])[:64]
-    except (ValueError, KeyError, TypeError):
-        return "unknown"
-
-
 @dataclass(slots=True)
 class _Current:
     """The target a request is being served with; replaced once if the backend finds it already retired."""
@@ -166,7 +172,7 @@ async def _forward(
     current: _Current,
     path: str,
     body_for: BodyFor,
-    stream: tuple[Counter, Callable[[Backend], Rewrite | None]] | None,
+    stream: Shaping | None,
 ) -> Response | Reply:
     """Send to the planned backends. A stream comes back as the response (it now owns the gate slot);
     a JSON answer comes back as the Reply, errors already turned into responses.
@@ -189,7 +195,7 @@ async def _send(
     target: Target,
     path: str,
     body_for: BodyFor,
-    stream: tuple[Counter, Callable[[Backend], Rewrite | None]] | None,
+    stream: Shaping | None,
 ) -> Response | Reply:
     gateway = call.gateway
     plan = gateway.pool.plan(target.affinity)
@@ -201,8 +207,7 @@ async def _send(
     call.state["backend"] = opened.backend.url
     if isinstance(opened, Reply):
         return _upstream_error(opened)
-    count, rewrite_for = stream
-    relay = _Relay(call, user, opened, count, rewrite_for(opened.backend))
+    relay = _Relay(call, user, opened, *stream(opened.backend))
     return EventStreamResponse(relay.events(), on_close=relay.close, headers=target.response_headers())
 
 
@@ -241,7 +246,7 @@ async def generate(call: Call, body: GenerateRequest, mode: Mode) -> Response:
             return json.dumps({"inputs": body.inputs, "parameters": {**params, **chosen}}).encode()
 
         if mode is Mode.STREAM:
-            answer = await _forward(call, user, current, "/generate_stream", body_for, (_lorax_tokens, lambda _: None))
+            answer = await _forward(call, user, current, "/generate_stream", body_for, _generate_shaping)
             assert isinstance(answer, Response)
             return answer
         answer = await _forward(call, user, current, "/generate", body_for, None)
@@ -261,11 +266,14 @@ async def openai(call: Call, body: CompletionRequest | ChatCompletionRequest, pa
     """``/v1/completions`` and ``/v1/chat/completions``: ``model`` is the adapter name."""
     gateway = call.gateway
     _refuse_bad_sampling(body.model_dump(include=_SAMPLING), "")  # never the messages: only what is checked
+    if isinstance(body, CompletionRequest):
+        one_prompt(body.prompt)
     named = body.user_id or (body.user if call.principal.role is not Role.USER else None)
     user = _admit(call, named)
     fields = body.model_dump(exclude_none=True, exclude=_OPENAI_NOT_FORWARDED)
     asked = body.max_completion_tokens if isinstance(body, ChatCompletionRequest) else None
     fields["max_tokens"] = gateway.max_new_tokens(asked or body.max_tokens)
+    fields_for = {BackendKind.ENGINE: fields, BackendKind.LORAX: lorax_openai_fields(fields)}
 
     async def work() -> Response:
         current = _Current(await gateway.target(user, body.model))
@@ -277,22 +285,15 @@ async def openai(call: Call, body: CompletionRequest | ChatCompletionRequest, pa
             return {"model": adapter.adapter_id, "adapter_source": adapter.adapter_source}
 
         def body_for(backend: Backend) -> bytes:
-            return json.dumps({**fields, **model_for(backend)}).encode()
-
-        def rewrite_for(backend: Backend) -> Rewrite:
-            sent, shown = json.dumps(model_for(backend)["model"]).encode(), json.dumps(body.model).encode()
-            # Compact JSON (the engine, LoRAX) or Python's default spacing; only the `model` field is touched.
-            pairs = [(b'"model":' + gap + sent, b'"model":' + gap + shown) for gap in (b"", b" ")]
-
-            def rewrite(event: bytes) -> bytes:
-                for old, new in pairs:
-                    event = event.replace(old, new)
-                return event
-
-            return rewrite
+            return json.dumps({**fields_for[backend.kind], **model_for(backend)}).encode()
 
         if body.stream:
-            answer = await _forward(call, user, current, path, body_for, (_openai_tokens, rewrite_for))
+            rewrite = model_rewrite(body.model)
+
+            def shaping(backend: Backend) -> tuple[Counter, Rewrite | None]:
+                return openai_tokens(backend.kind), rewrite
+
+            answer = await _forward(call, user, current, path, body_for, shaping)
             assert isinstance(answer, Response)
             return answer
         answer = await _forward(call, user, current, path, body_for, None)

@@ -7,9 +7,12 @@ al., "Consistent Hashing with Bounded Loads"): a backend whose in-flight count h
 ``ceil(load_factor * (total + 1) / healthy)`` is passed over for the next one on the ring, so one hot adapter
 cannot pile everything onto one backend. The rest of the walk is the failover order.
 
-Health is checked actively (``GET /health`` every ``health_interval_s``) and passively (a connection error marks
-the backend down at once; the next successful check brings it back). A backend's ``model_id`` (from ``/info``)
-is learned on its first good check: the OpenAI routes name the base model by it.
+Health is checked actively (every ``health_interval_s``) and passively (a connection error marks the backend down
+at once; the next successful check brings it back). The active check asks ``GET /info``, which LoRAX and the
+engine answer without touching the model; only a backend without it (404, 405) is asked ``GET /health``, with
+a longer timeout: LoRAX 0.12.1's ``/health`` runs a one-token generation through its batching queue and answers
+500 on an overload (router/src/server.rs:464-566), so a busy LoRAX would look down. A backend's ``model_id``
+(from ``/info``) is learned on its first good check: the OpenAI routes name the base model by it.
 """
 
 from __future__ import annotations
@@ -100,14 +103,21 @@ class BackendPool:
                 break
         return order
 
-    async def check(self, client: httpx.AsyncClient, backend: Backend, timeout_s: float) -> None:
+    async def check(
+        self, client: httpx.AsyncClient, backend: Backend, timeout_s: float, fallback_timeout_s: float
+    ) -> None:
+        """Up when ``GET /info`` answers 200 (``timeout_s``), or, for a backend without /info, ``GET /health``
+        does (``fallback_timeout_s``)."""
         try:
-            r = await client.get(f"{backend.url}/health", timeout=timeout_s)
-            ok, why = r.status_code == 200, f"health answered {r.status_code}"
-            if ok and backend.model_id is None:
-                info = await client.get(f"{backend.url}/info", timeout=timeout_s)
-                if info.status_code == 200:
-                    backend.model_id = info.json().get("model_id")
+            r = await client.get(f"{backend.url}/info", timeout=timeout_s)
+            if r.status_code in (404, 405):
+                r = await client.get(f"{backend.url}/health", timeout=fallback_timeout_s)
+                ok, why = r.status_code == 200, f"health answered {r.status_code}"
+            else:
+                ok, why = r.status_code == 200, f"info answered {r.status_code}"
+                info = r.json() if ok and backend.model_id is None else None
+                if isinstance(info, dict) and isinstance(info.get("model_id"), str):
+                    backend.model_id = info["model_id"]
         except (httpx.HTTPError, ValueError) as e:
             ok, why = False, f"{type(e).__name__}: {e}"
         if ok and not backend.healthy:
@@ -117,11 +127,13 @@ class BackendPool:
         else:
             backend.mark_down(why)
 
-    async def check_all(self, client: httpx.AsyncClient, timeout_s: float) -> None:
-        await asyncio.gather(*(self.check(client, b, timeout_s) for b in self.backends))
+    async def check_all(self, client: httpx.AsyncClient, timeout_s: float, fallback_timeout_s: float) -> None:
+        await asyncio.gather(*(self.check(client, b, timeout_s, fallback_timeout_s) for b in self.backends))
 
-    async def watch(self, client: httpx.AsyncClient, interval_s: float, timeout_s: float) -> None:
+    async def watch(
+        self, client: httpx.AsyncClient, interval_s: float, timeout_s: float, fallback_timeout_s: float
+    ) -> None:
         """Check every backend every ``interval_s`` until cancelled."""
         while True:
             await asyncio.sleep(interval_s)
-            await self.check_all(client, timeout_s)
+            await self.check_all(client, timeout_s, fallback_timeout_s)

@@ -88,10 +88,19 @@ class GatewaySettings(BaseSettings):
     upstream_idle_s: float = Field(
         4.0, gt=0, description="idle upstream connections are not reused after this: below the backends' keep-alive"
     )
-    retries: int = Field(2, ge=0, description="extra attempts after a 429 or a connection error (not streams)")
+    retries: int = Field(
+        2, ge=0, description="extra attempts after a 429 (an overload error opening a stream too) or a connection error"
+    )
     retry_backoff_s: float = Field(0.05, ge=0, description="first backoff; doubles per retry")
     health_interval_s: float = Field(2.0, gt=0)
-    health_timeout_s: float = Field(1.0, gt=0)
+    health_timeout_s: float = Field(
+        1.0, gt=0, description="for GET /info, the health check (LoRAX and the engine answer it without the model)"
+    )
+    health_fallback_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="for GET /health, asked only of a backend without /info (LoRAX's /health runs a generation)",
+    )
     virtual_nodes: int = Field(64, ge=1, description="points per backend on the consistent-hash ring")
     load_factor: float = Field(1.25, ge=1.0, description="bounded load: skip a backend over this x average")
 

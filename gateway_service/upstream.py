@@ -9,8 +9,11 @@ layers have nothing to do here.
 - Non-streaming requests: a connection failure moves on to the next backend of the plan (free while untried
   backends remain, then from the retry budget, after a backoff); a 429 from a backend is retried on the next
   one after a backoff while the retry budget lasts, then passed through.
-- Streams: only a failure to connect moves on (nothing was sent, so nothing can be duplicated); a stream that
-  started is never replayed.
+- Streams: a failure to connect, or a connection lost before the stream's first event, moves on (nothing was
+  sent, so nothing can be duplicated); a 429 is retried as above. An error event that opens a stream is taken
+  for the status LoRAX gives that error outside a stream (:func:`~gateway_service.dialects.stream_error`):
+  LoRAX 0.12.1 sends every error, overloads included, as an event after its 200. A stream that started is
+  never replayed.
 - A read timeout is never retried (the backend may still be generating: a retry would double the load).
 
 Only connection failures mark a backend down; the health checker brings it back.
@@ -20,14 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
 
 import httpx
 
+from .dialects import stream_error
 from .errors import NoBackend, Overloaded, UpstreamTimeout
 from .metrics import GatewayMetrics
 from .routing import Backend
+from .sse import event_data, split_events
 
 __all__ = ["Reply", "StreamReply", "Upstream"]
 
@@ -47,18 +52,39 @@ class Reply:
 
 @dataclass(slots=True)
 class StreamReply:
-    """An open 200 event stream; ``close`` (idempotent) releases the connection, which cancels the generation
-    upstream when it has not finished."""
+    """An open 200 event stream whose first data event is not an error; ``close`` (idempotent) releases the
+    connection, which cancels the generation upstream when it has not finished."""
 
     backend: Backend
     response: httpx.Response
+    _rest: AsyncGenerator[bytes, None]  # the events after ``_opening``
+    _opening: list[bytes] = field(default_factory=list)  # read to see how the stream opens: comments, first data
     _open: bool = True
+
+    async def first_data(self) -> bytes | None:
+        """Read up to the first event with data (kept for :meth:`events`, with the comments before it) and return
+        its data; None for a stream without any."""
+        async for event in self._rest:
+            self._opening.append(event)
+            if (data := event_data(event)) is not None:
+                return data
+        return None
+
+    async def events(self) -> AsyncGenerator[bytes, None]:
+        """Every whole event, from the first."""
+        for event in self._opening:
+            yield event
+        async for event in self._rest:
+            yield event
 
     async def close(self) -> None:
         if self._open:
             self._open = False
             self.backend.in_flight -= 1
-            await self.response.aclose()
+            try:
+                await self._rest.aclose()
+            finally:
+                await self.response.aclose()
 
 
 def _timeout_error(backend: Backend, e: httpx.TimeoutException) -> Exception:
@@ -120,41 +146,73 @@ class Upstream:
                 raise _timeout_error(backend, e) from e
             finally:
                 backend.in_flight -= 1
-            if r.status_code == 429 and retries_used < self._retries:
-                await self._pause(retries_used)
+            if r.status_code == 429 and await self._retry_overloaded(retries_used):
                 retries_used += 1
-                self._metrics.retries.labels(reason="overloaded").inc()
                 continue
             return Reply(backend, r.status_code, r.headers, content)
+
+    async def _retry_overloaded(self, retries_used: int) -> bool:
+        """Whether a 429 is tried again (on the plan's next backend, after the backoff): while the budget lasts."""
+        if retries_used >= self._retries:
+            return False
+        await self._pause(retries_used)
+        self._metrics.retries.labels(reason="overloaded").inc()
+        return True
 
     async def open_stream(
         self, plan: list[Backend], path: str, body_for: BodyFor, headers: dict[str, str]
     ) -> StreamReply | Reply:
-        """An open stream, or the backend's error Reply (any status but 200, read in full)."""
-        last: Exception | None = None
-        for backend in plan:
-            request = self._request(backend, path, body_for(backend), headers)
-            backend.in_flight += 1
+        """An open stream, or the backend's error Reply: any status but 200 (read in full), or an error event
+        that opens the stream, with the status LoRAX gives that error outside one."""
+        retries_used, attempt = 0, 0
+        while True:
+            backend = plan[attempt % len(plan)]
+            attempt += 1
             try:
-                response = await self._transport.handle_async_request(request)
+                opened = await self._open(backend, self._request(backend, path, body_for(backend), headers))
             except httpx.TransportError as e:
-                backend.in_flight -= 1
                 if isinstance(e, httpx.TimeoutException) and not isinstance(e, httpx.ConnectTimeout):
                     raise _timeout_error(backend, e) from e
-                # Not there, or it died before its first byte (the engine answers a stream's headers with its first
-                # token): nothing reached the client yet, so the next backend takes the request. Only a backend
-                # that is not there at all is marked down, as post() does; one reset connection is not that.
+                # Not there, or it died before its first event (the engine answers a stream's headers with its
+                # first token; LoRAX sends its headers at once): nothing reached the client yet, so the next
+                # backend takes the request. Only a backend that is not there at all is marked down, as post()
+                # does; one reset connection is not that.
                 if isinstance(e, _DOWN):
                     backend.mark_down(f"{type(e).__name__}: {e}")
+                if attempt >= len(plan):
+                    raise NoBackend(f"no backend could be reached ({type(e).__name__})") from e
                 self._metrics.retries.labels(reason="failover").inc()
-                last = e
                 continue
-            if response.status_code == 200:
-                return StreamReply(backend, response)
+            if isinstance(opened, Reply) and opened.status == 429 and await self._retry_overloaded(retries_used):
+                retries_used += 1
+                continue
+            return opened
+
+    async def _open(self, backend: Backend, request: httpx.Request) -> StreamReply | Reply:
+        """One attempt on ``backend``: the stream read up to its first data event (its keep-alive comments before
+        it are kept), or the error Reply."""
+        backend.in_flight += 1
+        try:
+            response = await self._transport.handle_async_request(request)
+        except BaseException:
+            backend.in_flight -= 1
+            raise
+        if response.status_code != 200:
             try:
                 content = await response.aread()
             finally:
                 backend.in_flight -= 1
                 await response.aclose()
             return Reply(backend, response.status_code, response.headers, content)
-        raise NoBackend(f"no backend could be reached ({type(last).__name__})") from last
+        stream = StreamReply(backend, response, split_events(response.aiter_bytes()))
+        try:
+            data = await stream.first_data()
+        except BaseException:
+            await stream.close()
+            raise
+        error = None if data is None else stream_error(data)
+        if data is None or error is None:
+            return stream
+        await stream.close()
+        self._metrics.stream_errors.labels(error_type=error.error_type).inc()
+        return Reply(backend, error.status, httpx.Headers(), data)

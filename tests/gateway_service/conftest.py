@@ -1,6 +1,7 @@
 """The gateway as real processes: ``python -m gateway_service`` in front of (a) the real engine on the example
-model, both reading a moto S3 bucket where the example users are published, and (b) two stub backends
-(``bench/_stub_backend.py``) that record what they receive, over a local-directory store."""
+model, both reading a moto S3 bucket where the example users are published, (b) two stub backends
+(``bench/_stub_backend.py``) that record what they receive, over a local-directory store, and (c) a stub that
+speaks as LoRAX 0.12.1 does (``lorax_stub.py``), over a local-directory store."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from gateway_support import ADMIN_KEY, REPO_ROOT, Deployment, ExampleUser, load_users, publish, start_stub
+from lorax_stub import start_lorax_stub
 from processes import ServiceProcess, start_service
 
 from soppu.auth import KeyRing, Role
@@ -118,3 +120,29 @@ def stub_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deploymen
         gateway.stop()
         for stub in deployment.backends:  # the failover test replaces the ones it stopped
             stub.stop()
+
+
+@pytest.fixture(scope="module")
+def lorax_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """The gateway in front of one LoRAX-shaped stub (kind ``lorax``), on a local-directory store; users u00-u07
+    have a ``default`` adapter at version 1."""
+    logs = tmp_path_factory.mktemp("lorax_gateway")
+    store = LocalStore(logs / "store")
+    ring = KeyRing(store)
+    keys = {}
+    for n in range(8):
+        publish(store, f"u{n:02d}", None, 1)
+        keys[f"u{n:02d}"] = ring.issue(Role.USER, f"u{n:02d}")[0]
+    stub = start_lorax_stub(logs / "lorax-stub.log")
+    try:
+        env = {"SOPPU_GATEWAY_RESOLUTION_TTL_S": "60"}  # a cached resolution outlives the retired-version test
+        gateway = _gateway(logs / "gateway.log", str(store.root), [{"url": stub.url, "kind": "lorax"}], env)
+    except BaseException:
+        stub.stop()
+        raise
+    deployment = Deployment(gateway.url, store, keys, ring.issue(Role.SERVICE)[0], gateway, [stub])
+    try:
+        yield deployment
+    finally:
+        gateway.stop()
+        stub.stop()
