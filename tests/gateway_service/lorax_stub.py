@@ -21,7 +21,8 @@ The text generated is ``"{adapter_source}|{adapter_id}"`` (``base`` without an a
 token with the whole text on the last event; ``max_new_tokens`` / ``max_tokens`` tokens (default 4).
 
 Prompt hooks: ``lorax:busy`` is overloaded; ``lorax:424-v1`` fails to load an adapter id naming version 1 (one a
-refit retired); ``lorax:invalid`` fails validation; ``lorax:error-after`` sends one token, then a generation error.
+refit retired); ``lorax:invalid`` fails validation; ``lorax:error-after`` sends one token, then a generation error;
+``lorax:dies`` sends a stream's headers, then the connection breaks before any event.
 ``GET /stub/requests`` returns the generation requests received (path and body), ``GET /stub/probes`` the
 health probes counted by route, ``POST /stub/reset`` clears both and the modes.
 """
@@ -157,8 +158,13 @@ def _answer(path: str, body: dict[str, Any], text: str, n: int) -> Response:
     return JSONResponse([result] if path == "/" else result, headers=headers)
 
 
-def _stream(events: list[bytes]) -> StreamingResponse:
+def _stream(events: list[bytes] | None) -> StreamingResponse:
+    """A 200 SSE response over ``events``; None: the headers, then the connection breaks (uvicorn closes it when
+    the app fails after its response started)."""
+
     async def body() -> AsyncIterator[bytes]:
+        if events is None:
+            raise RuntimeError("the stub's backend died before its first event (lorax:dies)")
         yield b":\n\n"
         for event in events:
             yield event
@@ -187,6 +193,8 @@ async def _generate(request: Request) -> Response:
         return _stream([_event(error)]) if stream else JSONResponse(error, status)
     if not stream:
         return _answer(path, body, text, n)
+    if prompt == "lorax:dies":
+        return _stream(None)
     events = _openai_chunks(n, path.endswith("/chat/completions")) if openai else _token_events(n, text)
     if prompt == "lorax:error-after":
         events = [

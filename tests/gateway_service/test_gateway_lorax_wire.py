@@ -125,6 +125,16 @@ def test_a_validation_error_opening_a_stream_is_answered_422_once(lorax_gateway:
     assert len(_received(gw, "lorax:invalid")) == 1  # not retried
 
 
+def test_a_stream_lost_before_its_first_event_is_not_answered_200(lorax_gateway: Deployment) -> None:
+    """LoRAX sends a stream's headers at once: a backend that dies before the first event has sent the client
+    nothing yet, so the request moves on like one whose connection failed (here no backend is left: 503)."""
+    gw = lorax_gateway
+    r = _post(gw, "u03", "/generate_stream", inputs="lorax:dies")
+    assert (r.status_code, r.json()["error_type"]) == (503, "no_backend"), r.text
+    assert r.headers["retry-after"] == "1"
+    assert _post(gw, "u03", "/generate_stream").status_code == 200  # one broken stream does not mark it down
+
+
 def test_openai_requests_reach_lorax_in_the_forms_it_takes(lorax_gateway: Deployment) -> None:
     gw = lorax_gateway
     client = _openai(gw, "u04")

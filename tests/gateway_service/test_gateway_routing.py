@@ -121,11 +121,12 @@ def test_user_request_and_token_limits(stub_gateway: Deployment) -> None:
 
 def test_backend_429_is_retried_then_passed_through(stub_gateway: Deployment) -> None:
     gw = stub_gateway
-    before = sum(1 for r in _recorded(gw) if r["body"].get("inputs") == "stub:429")
-    r = _post(gw, "u04", inputs="stub:429")
-    assert (r.status_code, r.json()["error_type"]) == (429, "overloaded")
-    after = sum(1 for r in _recorded(gw) if r["body"].get("inputs") == "stub:429")
-    assert after - before == 3  # the first try and two retries
+    for path in ("/generate", "/generate_stream"):  # a stream that never opened is retried the same way
+        before = sum(1 for r in _recorded(gw) if r["body"].get("inputs") == "stub:429")
+        r = _post(gw, "u04", path, inputs="stub:429")
+        assert (r.status_code, r.json()["error_type"]) == (429, "overloaded"), path
+        after = sum(1 for r in _recorded(gw) if r["body"].get("inputs") == "stub:429")
+        assert after - before == 3, path  # the first try and two retries
     assert 'soppu_gateway_upstream_retries_total{reason="overloaded"}' in httpx.get(f"{gw.url}/metrics").text
 
 
