@@ -16,7 +16,9 @@
     └── UpstreamTimeout     504  upstream_timeout    the backend took longer than upstream_timeout_s
 
 Errors a backend answers with (422 validation, 424 generation, 429 overloaded ...) are not raised: they pass
-through with their status and body. Codes never change meaning once released.
+through with their status and body. An error event that opens a stream (LoRAX 0.12.1 sends every error so, after
+its 200) passes through the same way, with the status LoRAX gives its type outside a stream
+(:mod:`~gateway_service.dialects`). Codes never change meaning once released.
 """
 
 from __future__ import annotations

@@ -80,7 +80,10 @@ class GatewayMetrics:
             "soppu_gateway_rate_limited", "requests refused by a per-user limit", ["limit"], registry=r
         )
         self.stream_errors = Counter(
-            "soppu_gateway_stream_errors", "error events sent inside streams", ["error_type"], registry=r
+            "soppu_gateway_stream_errors",
+            "error events in streams: a backend's (one opening a stream is answered as its status) and the gateway's",
+            ["error_type"],
+            registry=r,
         )
 
     def watch(self, backends: list[Backend], in_flight: Callable[[], int]) -> None:
