@@ -4,53 +4,18 @@ loopback, over a copy of the example base model (with a chat template, as a LoRA
 
 from __future__ import annotations
 
-import json
-import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from processes import ServiceProcess, start_service
-
-FAKE_LORAX = Path(__file__).resolve().with_name("fake_lorax.py")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-_START_TIMEOUT_S = 120.0  # torch and the model on a busy 2-core box
-# A plain transcript: LoRAX renders the tokenizer's own template (router/src/infer.rs:63-145); without one,
-# every chat request is a 422 template_error.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
+from fake_lorax_process import lorax_model, start_fake_lorax
+from processes import ServiceProcess
 
 
 @pytest.fixture(scope="session")
 def lorax_model_dir(tmp_path_factory: pytest.TempPathFactory, examples_dir: Path) -> Path:
-    """The example base model, copied, with :data:`CHAT_TEMPLATE` in its tokenizer config."""
-    model = tmp_path_factory.mktemp("lorax-model") / "base"
-    shutil.copytree(examples_dir / "base", model)
-    config_path = model / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["chat_template"] = CHAT_TEMPLATE
-    config_path.write_text(json.dumps(config, indent=2))
-    return model
-
-
-def start_fake_lorax(model: Path, log: Path, moto_url: str, *args: str) -> ServiceProcess:
-    """A fake LoRAX process on a free loopback port, S3 on ``moto_url``; ``args`` are extra launcher flags."""
-    env = {
-        "OMP_NUM_THREADS": "1",  # tiny matrices: threads only add barriers on a shared box
-        "S3_ENDPOINT_URL": moto_url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "HF_HUB_OFFLINE": "1",
-    }
-
-    def command(port: int) -> list[str]:
-        return [sys.executable, str(FAKE_LORAX), "--port", str(port), "--model", str(model), *args]
-
-    return start_service(command, log=log, env=env, ready_path="/info", timeout_s=_START_TIMEOUT_S, cwd=REPO_ROOT)
+    """The example base model, copied, with a chat template (fake_lorax_process.CHAT_TEMPLATE)."""
+    return lorax_model(examples_dir / "base", tmp_path_factory.mktemp("lorax-model") / "base")
 
 
 def _serve(service: ServiceProcess, log: Path) -> Iterator[ServiceProcess]:

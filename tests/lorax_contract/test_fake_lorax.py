@@ -414,3 +414,25 @@ def test_disable_sgmv_keeps_the_rank(
     reference = _tokens(_generate(engine_process.url, prompt, adapter_id))
     assert _close(_tokens(_generate(fake_lorax_no_sgmv.url, prompt, adapter_id)), reference, 1e-3)
     assert not _close(_tokens(_generate(fake_lorax_url, prompt, adapter_id)), reference, 0.05)
+
+
+def test_a_reload_scales_every_type_by_the_padded_rank(
+    fake_lorax_url: str, engine_process: ServiceProcess, s3_store: S3Store, examples_dir: Path
+) -> None:
+    """``load_module_map`` is an lru_cache per adapter id (utils/adapter.py:151-193) holding the config object on
+    which the first load set r to the padded rank (adapters/lora.py:196-205): once the adapter is unloaded
+    (models/model.py:411-440) and loaded again, every layer type of a raw r=4 adapter is scaled alpha/8, which our
+    engine computes for the same weights with lora_alpha halved."""
+    adapter_dir, _ = _user(examples_dir, 0)
+    prompt, _ = _own_fact(examples_dir, 0)
+    raw = _rank4(read_adapter(adapter_dir), rslora=False)
+    files = adapter_files(raw)
+    adapter_id = _upload(s3_store, _key(), config=files.config, weights=files.weights)
+    halved = adapter_files(replace(raw, config=replace(raw.config, lora_alpha=raw.config.lora_alpha / 2)))
+    halved_id = _upload(s3_store, _key(), config=halved.config, weights=halved.weights)
+
+    first = _tokens(_generate(fake_lorax_url, prompt, adapter_id))
+    httpx.post(f"{fake_lorax_url}/fake/offload")
+    again = _tokens(_generate(fake_lorax_url, prompt, adapter_id))
+    assert not _close(again, first, 0.01)  # only q_proj changes (from alpha/4 to alpha/8): a small shift
+    assert _close(again, _tokens(_generate(engine_process.url, prompt, halved_id)), 1e-3)
