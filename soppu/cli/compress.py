@@ -120,8 +120,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export-peft",
         help="write compressed adapters as plain PEFT LoRA (what peft and LoRAX load)",
-        description="Write each compressed adapter as PEFT LoRA: B' = U S, A' = V^T, r = lora_alpha = R. "
-        "Outputs match U S V^T exactly; the files are R/r times larger than the original adapter.",
+        description="Write each compressed adapter as PEFT LoRA in the form LoRAX 0.12.1 serves exactly: B' = U S, "
+        "A' = V^T, zero-padded to a rank of 8, 16, 32, 64 or 128, r = lora_alpha (scale 1). Outputs match U S V^T "
+        "to the --dtype's rounding; the files are that rank over r times larger than the original adapter. Use "
+        "the dtype LoRAX serves the base in (its config.json torch_dtype; float32 is served as float16).",
         formatter_class=formatter,
     )
     export.add_argument("compressed", type=Path, help="a directory written by `soppu compress`")
