@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     [
         ("store.py", ["--iterations", "1", "--size-kib", "4"]),
         ("adapter_io.py", ["--iterations", "1"]),
+        ("served_form.py", ["--iterations", "1"]),
         ("compression.py", ["--quick"]),
         ("engine.py", ["--quick"]),
         ("gateway.py", ["--quick"]),
@@ -60,6 +61,7 @@ def test_every_bench_script_is_covered() -> None:
     assert scripts == {
         "store.py",
         "adapter_io.py",
+        "served_form.py",
         "compression.py",
         "engine.py",
         "gateway.py",
