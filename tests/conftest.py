@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import ServiceProcess, start_service
+from processes import ServiceProcess, serving, start_service
 
 from soppu.examples import ExamplesSpec, build_examples
 from soppu.examples.smollm2_set import build_smollm2_examples
@@ -128,10 +128,5 @@ def engine_process(
         return [sys.executable, "-m", "inference_service", "--port", str(port), "--model", model, "--device", "cpu"]
 
     service = start_service(command, log=log, env=env, timeout_s=_ENGINE_START_TIMEOUT_S, cwd=REPO_ROOT)
-    try:
+    with serving(service, "inference_service"):
         yield service
-    finally:
-        crashed = service.proc.poll() is not None
-        service.stop()
-        if crashed:
-            print(f"inference_service exited during the tests; its log ({log}):\n{service.log_tail()}")

@@ -11,13 +11,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from soppu.cli.stack import free_port, stop_process
 
-__all__ = ["ServiceProcess", "answers_http", "free_port", "start_service", "stop_process"]
+__all__ = ["ServiceProcess", "answers_http", "free_port", "serving", "start_service", "stop_process"]
 
 _START_ATTEMPTS = 3  # a free port is only free until someone else takes it; on a lost race, try another
 
@@ -73,3 +74,16 @@ def start_service(
             time.sleep(0.1)
         service.stop()
     raise RuntimeError(f"{command(0)[:3]} did not start; see {log}:\n{service.log_tail(2000)}")
+
+
+@contextmanager
+def serving(service: ServiceProcess, name: str) -> Iterator[ServiceProcess]:
+    """Yield ``service`` (a fixture's body), then stop it; if it had exited on its own meanwhile, print its log's
+    tail, so a crash shows in the report of the tests that failed for it."""
+    try:
+        yield service
+    finally:
+        crashed = service.proc.poll() is not None
+        service.stop()
+        if crashed:
+            print(f"{name} exited during the tests; its log ({service.log}):\n{service.log_tail()}")

@@ -82,16 +82,23 @@ def engine_gateway(
         gateway.stop()
 
 
+def _published_users(root: Path, count: int) -> tuple[LocalStore, KeyRing, dict[str, str]]:
+    """A local-directory store where users u00, u01, ... have a ``default`` adapter at version 1, with a user
+    key each."""
+    store = LocalStore(root)
+    ring = KeyRing(store)
+    keys = {}
+    for n in range(count):
+        publish(store, f"u{n:02d}", None, 1)
+        keys[f"u{n:02d}"] = ring.issue(Role.USER, f"u{n:02d}")[0]
+    return store, ring, keys
+
+
 @pytest.fixture(scope="module")
 def stub_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """The gateway in front of two recording stub backends, on a local-directory store, with small limits."""
     logs = tmp_path_factory.mktemp("stub_gateway")
-    store = LocalStore(logs / "store")
-    ring = KeyRing(store)
-    keys = {}
-    for n in range(16):
-        publish(store, f"u{n:02d}", None, 1)
-        keys[f"u{n:02d}"] = ring.issue(Role.USER, f"u{n:02d}")[0]
+    store, ring, keys = _published_users(logs / "store", 16)
     stubs = [start_stub(logs / "stub-a.log"), start_stub(logs / "stub-b.log")]
     env = {
         "SOPPU_GATEWAY_USER_REQUESTS_PER_S": "1",
@@ -127,12 +134,7 @@ def lorax_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployme
     """The gateway in front of one LoRAX-shaped stub (kind ``lorax``), on a local-directory store; users u00-u07
     have a ``default`` adapter at version 1."""
     logs = tmp_path_factory.mktemp("lorax_gateway")
-    store = LocalStore(logs / "store")
-    ring = KeyRing(store)
-    keys = {}
-    for n in range(8):
-        publish(store, f"u{n:02d}", None, 1)
-        keys[f"u{n:02d}"] = ring.issue(Role.USER, f"u{n:02d}")[0]
+    store, ring, keys = _published_users(logs / "store", 8)
     stub = start_lorax_stub(logs / "lorax-stub.log")
     try:
         env = {"SOPPU_GATEWAY_RESOLUTION_TTL_S": "60"}  # a cached resolution outlives the retired-version test
