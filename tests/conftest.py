@@ -12,9 +12,11 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import ModuleType
 
+import boto3
 import pytest
 import torch
 from processes import ServiceProcess, serving, start_service
@@ -49,8 +51,37 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     service = start_service(_moto_command, log=log, ready_path="/moto-api/", timeout_s=_MOTO_START_TIMEOUT_S)
     try:
         yield service.url
+        buckets = boto3.client(
+            "s3",
+            endpoint_url=service.url,
+            aws_access_key_id=_CREDENTIALS["access_key"],
+            aws_secret_access_key=_CREDENTIALS["secret_key"],
+            region_name=_CREDENTIALS["region"],
+        ).list_buckets()["Buckets"]
+        _audit_exports(S3Store(b["Name"], endpoint_url=service.url, **_CREDENTIALS) for b in buckets)
     finally:
         service.stop()
+
+
+def _export_audit() -> ModuleType:
+    sys.path.insert(0, str(REPO_ROOT / "tests" / "lorax_contract"))  # tests/ is no package (yet)
+    import export_audit
+
+    return export_audit
+
+
+def _audit_exports(stores: Iterable[ObjectStore]) -> None:
+    """Fail the session if any export a pipeline published would not load on LoRAX as what was stored
+    (tests/lorax_contract/export_audit.py): every export of the whole suite, not only those a test looked at."""
+    problems = [line for store in stores for line in _export_audit().audit_store(store, repr(store))[1]]
+    assert not problems, "exports LoRAX would not serve as stored:\n" + "\n".join(problems[:20])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_local_exports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the session's end, the export audit over every local store the tests wrote under pytest's temp dir."""
+    yield
+    _audit_exports(_export_audit().local_stores(tmp_path_factory.getbasetemp()))
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ original, are loaded the same way from the store.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -253,3 +254,22 @@ def test_every_published_export_loads_on_lorax_as_its_stored_form(
         assert _worst(loaded, {**stored, **filled}) < 2e-2, name  # bf16: one rounding per factor
         if compressed:
             assert _worst(stored, _peft(upload)) < 1e-4, name
+
+
+def test_the_session_audit_catches_an_export_lorax_would_misserve(tmp_path: Path, examples_dir: Path) -> None:
+    # tests/conftest.py runs export_audit over every store at the session's end; here, that it can fail.
+    from export_audit import audit_store
+
+    user = json.loads((examples_dir / "users.json").read_text())["users"][0]["user_id"]
+    upload = _variants(read_adapter(examples_dir / "adapters" / user))["rslora"]
+    store = LocalStore(tmp_path / "audited")
+    files = adapter_files(upload)
+    job, _ = accept_upload(store, "user", "default", {CONFIG_NAME: files.config, WEIGHTS_NAME: files.weights})
+    version = AdapterVersion.from_job_id(job.job_id)
+    Pipeline(store, CompressionPolicy(device="cpu"), QualityGate()).run_job(version)
+    assert audit_store(store, "here") == (1, [])
+    store.put(version.export_keys()[0], files.config)  # the raw upload's config: rsLoRA, r = 8 != lora_alpha
+    store.put(version.export_keys()[1], files.weights)
+    checked, problems = audit_store(store, "here")
+    assert checked == 1 and len(problems) == 1 and "not a served form" in problems[0]
+    shutil.rmtree(store.root)  # not left for the session's audit
