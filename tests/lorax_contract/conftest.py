@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fake_lorax_process import lorax_model, start_fake_lorax
+from gateway_fixtures import fake_deployment  # noqa: F401  (the gateway in front of a fake: a fixture)
 from processes import ServiceProcess
 
 
