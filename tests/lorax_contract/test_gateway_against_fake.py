@@ -163,6 +163,10 @@ def _charged(gw: FakeDeployment, stream: Callable[[], int]) -> tuple[int, float]
 def test_streams_from_the_fake_pass_through_and_are_charged_what_they_streamed(
     fake_deployment: FakeDeployment, engine_process: ServiceProcess
 ) -> None:
+    """A stream from the fake reaches the client event by event as LoRAX wrote it (``data:{``, no space), with
+    the served form's greedy tokens; OpenAI chunks name the adapter the client asked for; every stream is charged
+    (``soppu_gateway_generated_tokens_total``) exactly the tokens it carried: /generate_stream, lorax-client's
+    stream, OpenAI completions and chat (temperature 0: greedy, as LoRAX samples chat otherwise)."""
     gw = fake_deployment
     user = "rslora"
     reference = [i for i, _ in _engine_tokens(engine_process, gw.prompt, gw.reference_ids[user])]
@@ -207,13 +211,9 @@ def test_streams_from_the_fake_pass_through_and_are_charged_what_they_streamed(
     assert streamed == charged == chunks[-1].usage.completion_tokens == MAX_NEW  # one chunk per token
 
     def chat() -> int:
-        messages = [{"role": "user", "content": gw.prompt}]
+        messages: Any = [{"role": "user", "content": gw.prompt}]  # the client's TypedDicts, loosely
         chunks[:] = openai_client.chat.completions.create(
-            model="default",
-            messages=messages,
-            max_tokens=MAX_NEW,
-            temperature=0,
-            stream=True,  # type: ignore[arg-type]
+            model="default", messages=messages, max_tokens=MAX_NEW, temperature=0, stream=True
         )
         return len(chunks)
 
