@@ -19,7 +19,7 @@ from types import ModuleType
 import boto3
 import pytest
 import torch
-from processes import ServiceProcess, serving, start_service
+from processes import MOTO_ENV, ServiceProcess, serving, start_service
 
 from soppu.examples import ExamplesSpec, build_examples
 from soppu.examples.smollm2_set import build_smollm2_examples
@@ -145,9 +145,7 @@ def engine_process(
     env = {
         "OMP_NUM_THREADS": "1",  # tiny matrices: threads only add barriers on a shared box
         "S3_ENDPOINT_URL": moto_server,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **MOTO_ENV,
         # The engine reads nothing it is not told to: the buckets the tests create (s3_store's test-*, the
         # gateway tests' gw-*) and the example users' adapters.
         "SOPPU_ENGINE_S3_BUCKETS": json.dumps(["test-*", "gw-*"]),

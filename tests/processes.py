@@ -18,7 +18,10 @@ from pathlib import Path
 
 from soppu.cli.stack import free_port, stop_process
 
-__all__ = ["ServiceProcess", "answers_http", "free_port", "serving", "start_service", "stop_process"]
+__all__ = ["MOTO_ENV", "ServiceProcess", "answers_http", "free_port", "serving", "start_service", "stop_process"]
+
+# boto3's default credential chain for a process that talks to the tests' moto server (moto takes any).
+MOTO_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 _START_ATTEMPTS = 3  # a free port is only free until someone else takes it; on a lost race, try another
 

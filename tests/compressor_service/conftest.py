@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 from compressor_client import ADMIN_KEY, Compressor
-from processes import ServiceProcess, start_service
+from processes import MOTO_ENV, ServiceProcess, start_service
 
 from soppu.store import S3Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _START_TIMEOUT_S = 120.0  # importing torch and loading the base model on a busy 2-core box
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+S3_ENV = MOTO_ENV
 
 # The hostile corpus lives with the core's tests; its module imports its builders by plain name.
 sys.path.insert(0, str(REPO_ROOT / "tests" / "soppu"))

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from gateway_support import ADMIN_KEY, REPO_ROOT, Deployment, ExampleUser, load_users, publish, start_stub
 from lorax_stub import start_lorax_stub
-from processes import ServiceProcess, start_service
+from processes import MOTO_ENV, ServiceProcess, start_service
 
 from soppu.auth import KeyRing, Role
 from soppu.store import LocalStore, S3Store
 
-_S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+_S3_ENV = MOTO_ENV
 _QUIET = {"OMP_NUM_THREADS": "1"}  # tiny matrices: threads only add barriers on a shared box
 
 

@@ -10,23 +10,13 @@ from pathlib import Path
 import pytest
 from fake_lorax_process import lorax_model, start_fake_lorax
 from gateway_fixtures import fake_deployment  # noqa: F401  (the gateway in front of a fake: a fixture)
-from processes import ServiceProcess
+from processes import ServiceProcess, serving
 
 
 @pytest.fixture(scope="session")
 def lorax_model_dir(tmp_path_factory: pytest.TempPathFactory, examples_dir: Path) -> Path:
     """The example base model, copied, with a chat template (fake_lorax_process.CHAT_TEMPLATE)."""
     return lorax_model(examples_dir / "base", tmp_path_factory.mktemp("lorax-model") / "base")
-
-
-def _serve(service: ServiceProcess, log: Path) -> Iterator[ServiceProcess]:
-    try:
-        yield service
-    finally:
-        crashed = service.proc.poll() is not None
-        service.stop()
-        if crashed:
-            print(f"the fake LoRAX exited during the tests; its log ({log}):\n{service.log_tail()}")
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +26,10 @@ def fake_lorax(
     """The session's fake LoRAX (defaults as LoRAX's, but 4 concurrent requests so an overload is cheap to reach).
     Its base URL is ``fake_lorax.url``."""
     log = tmp_path_factory.mktemp("fake-lorax") / "fake_lorax.log"
-    yield from _serve(start_fake_lorax(lorax_model_dir, log, moto_server, "--max-concurrent-requests", "4"), log)
+    with serving(
+        start_fake_lorax(lorax_model_dir, log, moto_server, "--max-concurrent-requests", "4"), "the fake LoRAX"
+    ) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="session")
@@ -50,4 +43,5 @@ def fake_lorax_no_sgmv(
 ) -> Iterator[ServiceProcess]:
     """A second fake LoRAX launched with ``--disable-sgmv`` (no rank padding)."""
     log = tmp_path_factory.mktemp("fake-lorax-nosgmv") / "fake_lorax.log"
-    yield from _serve(start_fake_lorax(lorax_model_dir, log, moto_server, "--disable-sgmv"), log)
+    with serving(start_fake_lorax(lorax_model_dir, log, moto_server, "--disable-sgmv"), "the fake LoRAX") as fake:
+        yield fake

@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from processes import ServiceProcess, start_service
+from processes import MOTO_ENV, ServiceProcess, start_service
 
 __all__ = ["CHAT_TEMPLATE", "FAKE_LORAX", "lorax_model", "start_fake_lorax"]
 
@@ -39,9 +39,7 @@ def start_fake_lorax(model: Path, log: Path, moto_url: str, *args: str) -> Servi
     env = {
         "OMP_NUM_THREADS": "1",  # tiny matrices: threads only add barriers on a shared box
         "S3_ENDPOINT_URL": moto_url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **MOTO_ENV,
         "HF_HUB_OFFLINE": "1",
     }
 

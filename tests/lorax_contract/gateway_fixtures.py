@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from fake_lorax_process import start_fake_lorax
-from processes import ServiceProcess, start_service
+from processes import MOTO_ENV, ServiceProcess, start_service
 
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, LoraAdapter, LoraModule, adapter_files, read_adapter
 from soppu.auth import KeyRing, Role
@@ -48,7 +48,7 @@ __all__ = ["VARIANTS", "FakeDeployment", "fake_deployment", "publish_raw", "publ
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "admin-" + uuid.uuid4().hex  # long and random: the gateway refuses a weak admin key at start
-_S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+_S3_ENV = MOTO_ENV
 VARIANTS = ("rslora", "rank4", "alpha-pattern")
 
 
