@@ -7,9 +7,11 @@ included) never reaches one. Both answer with the first problem, which names the
 LoRAX's own rules (its router's ``validation.rs``) are kept where it states one: ``top_p`` in (0, 1],
 ``top_k`` and ``repetition_penalty`` strictly positive, frequency and presence penalties in [-2, 2], a ``seed``
 that fits an unsigned 64-bit integer, ``max_new_tokens`` that fits an unsigned 32-bit one, ``top_k`` a signed
-32-bit one. The finite windows for ``temperature`` and ``repetition_penalty`` are ours: sampling divides the
-logits by them, so a value like ``1e-300`` turns float32 logits into infinities and the softmax into NaNs.
-``temperature: 0`` stays allowed and means greedy, as LoRAX's OpenAI routes treat it.
+32-bit one, ``temperature`` strictly positive. The finite windows for ``repetition_penalty`` and the upper one for
+``temperature`` are ours: sampling divides the logits by them, so a value like ``1e-300`` turns float32 logits
+into infinities and the softmax into NaNs. A temperature below ``min_temperature`` is accepted, as LoRAX accepts
+it, and sampled at ``min_temperature`` (:func:`sampling_temperature`, vLLM's rule): the distribution is as good as
+greedy either way. ``temperature: 0`` stays allowed and means greedy, as LoRAX's OpenAI routes treat it.
 
 Stdlib only: the gateway's image has no torch.
 """
@@ -20,12 +22,19 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["SAMPLING_FIELDS", "SAMPLING_LIMITS", "SamplingLimits", "SamplingProblem", "sampling_problems"]
+__all__ = [
+    "SAMPLING_FIELDS",
+    "SAMPLING_LIMITS",
+    "SamplingLimits",
+    "SamplingProblem",
+    "sampling_problems",
+    "sampling_temperature",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingLimits:
-    # vLLM raises temperatures below 1e-2 to 1e-2 for the same overflow reason; we refuse them instead.
+    # Sampling raises a smaller temperature to this (as vLLM does): logits / 1e-300 overflow float32.
     min_temperature: float = 1e-2
     max_temperature: float = 100.0  # above this the distribution is uniform noise for any model
     min_repetition_penalty: float = 1e-2
@@ -104,9 +113,8 @@ def _problem(field: str, value: object, limits: SamplingLimits) -> SamplingProbl
     if field == "temperature":
         if number == 0:
             return None  # greedy
-        if not _within(number, limits.min_temperature, limits.max_temperature):
-            why = f"must be 0 (greedy) or >= {limits.min_temperature} and <= {limits.max_temperature}"
-            return SamplingProblem(field, value, why)
+        if not _within(number, 0.0, limits.max_temperature, low_open=True):
+            return SamplingProblem(field, value, f"must be 0 (greedy) or > 0 and <= {limits.max_temperature}")
     elif field in ("top_p", "typical_p"):
         if not _within(number, 0.0, 1.0, low_open=True):
             return SamplingProblem(field, value, "must be > 0 and <= 1")
@@ -131,3 +139,8 @@ def sampling_problems(values: Mapping[str, object], limits: SamplingLimits = SAM
             if problem is not None:
                 problems.append(problem)
     return problems
+
+
+def sampling_temperature(temperature: float, limits: SamplingLimits = SAMPLING_LIMITS) -> float:
+    """The temperature a sampler divides the logits by: ``temperature``, raised to ``limits.min_temperature``."""
+    return max(float(temperature), limits.min_temperature)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from soppu.sampling import sampling_temperature
+
 from .types import GenerationParams
 
 __all__ = ["NoDistribution", "choose_token", "choose_tokens", "make_generator"]
@@ -59,7 +61,7 @@ def choose_token(
         scores = _penalize(scores, previous, float(params.repetition_penalty))
     if params.do_sample:
         if params.temperature not in (None, 1.0):
-            scores = scores / float(params.temperature)
+            scores = scores / sampling_temperature(params.temperature)
         scores = _filter(scores, params.top_k, params.top_p)
         probs = scores.softmax(0)
         # Checked here rather than left to multinomial, whose error would end every row of the step.

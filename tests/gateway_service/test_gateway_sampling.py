@@ -1,6 +1,7 @@
 """The gateway refuses sampling parameters outside the engine's limits (``soppu.sampling``) with 422
 ``validation`` before anything is forwarded: one such request would otherwise fail every request its backend
-batched with it (``temperature: 1e-300``), or a backend would answer 500 (``seed: 2**64``).
+batched with it (``repetition_penalty: 1e-300``), or a backend would answer 500 (``seed: 2**64``). A temperature
+LoRAX accepts (any above 0, ``1e-300`` too) passes: the engine samples it at ``min_temperature``.
 
 In-process (ASGI): the only backend is an address nothing listens on, so a request that got past the check would
 be answered by resolution or routing (404, 503), never 422."""
@@ -20,7 +21,7 @@ from soppu.auth import KeyRing, Role
 from soppu.store import LocalStore
 
 BAD = [
-    ({"temperature": 1e-300}, "temperature"),
+    ({"temperature": 1000.0}, "temperature"),
     ({"seed": 2**64}, "seed"),
     ({"repetition_penalty": 1e-300}, "repetition_penalty"),
     ({"top_k": 2**31}, "top_k"),
@@ -58,8 +59,9 @@ def test_bad_sampling_values_are_refused_at_the_edge(answers: Any) -> None:
         requests.append(("/v1/completions", {"model": "default", "prompt": "My pet is a", **values}))
     good = {"temperature": 0.7, "seed": 2**64 - 1, "top_k": 5}
     requests.append(("/generate", {"inputs": "My pet is a", "parameters": good}))
-    *refused, passed = answers(requests)
+    requests.append(("/generate", {"inputs": "My pet is a", "parameters": {"temperature": 1e-300}}))  # as LoRAX
+    *refused, passed, tiny = answers(requests)
     for response, (_, field) in zip(refused, [b for b in BAD for _ in range(3)], strict=True):
         assert response.status_code == 422, response.text
         assert response.json()["error_type"] == "validation" and f"{field}`" in response.json()["error"]
-    assert passed.status_code == 404, passed.text  # checked, then on to resolution: alice has no adapter
+    assert passed.status_code == tiny.status_code == 404, passed.text  # on to resolution: alice has no adapter

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from inference_service.engine import AdapterRef, AdapterSourceKind, ValidationFailed
+from inference_service.engine.sampling import choose_token
 from inference_service.params import adapter_ref, chat_parameters, completion_parameters, generation_params
 from inference_service.schemas import ChatCompletionRequest, CompletionRequest, GenerateParameters
 from inference_service.settings import EngineSettings
@@ -45,8 +47,8 @@ def test_openai_model_names_the_adapter() -> None:
 @pytest.mark.parametrize(
     ("values", "field"),
     [
-        ({"temperature": 1e-300}, "temperature"),  # logits / 1e-300 overflow float32: NaN probabilities
         ({"temperature": float("inf")}, "temperature"),
+        ({"temperature": 1000.0}, "temperature"),
         ({"repetition_penalty": float("inf")}, "repetition_penalty"),
         ({"repetition_penalty": 1e-300}, "repetition_penalty"),
         ({"seed": 2**64}, "seed"),  # torch's generator cannot take it (was a 500)
@@ -65,6 +67,18 @@ def test_sampling_values_outside_the_limits_are_refused(values: dict[str, object
 def test_sampling_limits_keep_their_edges() -> None:
     for values in ({"seed": 2**64 - 1}, {"temperature": 0}, {"temperature": 0.01}, {"temperature": 100.0}):
         generation_params(GenerateParameters(**values), SETTINGS)  # type: ignore[arg-type]
+
+
+def test_a_temperature_lorax_accepts_is_accepted_and_sampled_at_the_floor() -> None:
+    # LoRAX 0.12.1 takes any temperature above 0 (router/src/validation.rs); one under 0.01 was refused with 422.
+    # Sampling raises it to 0.01 (logits / 1e-300 would overflow float32 into NaN probabilities).
+    tiny = generation_params(GenerateParameters(temperature=1e-300, do_sample=True), SETTINGS)
+    assert tiny.do_sample and tiny.temperature == 1e-300
+    logits = torch.tensor([3.0, 2.9, -1.0, 0.5])
+    floor = generation_params(GenerateParameters(temperature=0.01, do_sample=True), SETTINGS)
+    for seed in range(5):
+        picked = [choose_token(logits, p, torch.empty(0), torch.Generator().manual_seed(seed)) for p in (tiny, floor)]
+        assert picked[0] == picked[1]
 
 
 def test_served_buckets_default_to_the_store_bucket_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
