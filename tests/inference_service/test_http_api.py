@@ -146,7 +146,7 @@ def test_openai_chat_completions(engine_url: str) -> None:
         ({"watermark": True}, "watermark"),
         ({"adapter_id": "some/adapter", "adapter_source": "hub"}, "Hub"),
         ({"seed": 2**64}, "seed"),  # was a 500 carrying torch's exception text
-        ({"temperature": 1e-300}, "temperature"),  # was a batch-wide 424: logits / 1e-300 overflow
+        ({"temperature": 1000.0}, "temperature"),
         ({"repetition_penalty": 1e-300}, "repetition_penalty"),
     ],
 )
@@ -154,6 +154,17 @@ def test_bad_parameters_answer_422_in_lorax_shape(engine_url: str, parameters: d
     r = httpx.post(f"{engine_url}/generate", json={"inputs": "My pet is a", "parameters": parameters}, timeout=60)
     assert r.status_code == 422, r.text
     assert r.json()["error_type"] == "validation" and named in r.json()["error"]
+
+
+def test_a_tiny_temperature_is_sampled_at_the_floor_as_lorax_accepts_it(engine_url: str) -> None:
+    # LoRAX takes any temperature above 0; logits / 1e-300 would overflow (once a batch-wide 424), so it is
+    # sampled at 0.01 (soppu.sampling.sampling_temperature).
+    parameters = {"do_sample": True, "temperature": 1e-300, "seed": 3, "max_new_tokens": 3}
+    r = httpx.post(f"{engine_url}/generate", json={"inputs": "My pet is a", "parameters": parameters}, timeout=60)
+    assert r.status_code == 200, r.text
+    floor = {**parameters, "temperature": 0.01}
+    same = httpx.post(f"{engine_url}/generate", json={"inputs": "My pet is a", "parameters": floor}, timeout=60)
+    assert r.json()["generated_text"] == same.json()["generated_text"]
 
 
 def test_an_oversize_prompt_is_refused_before_tokenizing(engine_url: str) -> None:
