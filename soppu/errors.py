@@ -103,6 +103,12 @@ class ObjectExists(StoreError):
     code = "already_exists"
 
 
+class ObjectChanged(StoreError):
+    """A conditional put lost: the object is no longer the version its ETag named (another writer won)."""
+
+    code = "object_changed"
+
+
 class StoreUnavailable(StoreError):
     code = "store_unavailable"
 

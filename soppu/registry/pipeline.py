@@ -34,7 +34,7 @@ from soppu.compression import Compression, compress, project
 from soppu.compression.accounting import bases_parameters, core_parameters
 from soppu.compression.format import bases_bytes, core_bytes, read_bases
 from soppu.compression.model import Cluster, CompressedAdapter
-from soppu.errors import ObjectExists, ObjectNotFound, SoppuError, StoreError
+from soppu.errors import ObjectChanged, ObjectExists, ObjectNotFound, SoppuError, StoreError
 from soppu.failpoints import failpoint
 from soppu.models import linear_shapes
 from soppu.peft_files import PROBES_NAME
@@ -256,15 +256,26 @@ class Pipeline:
         return report
 
     def switch_pointer(self, version: AdapterVersion) -> bool:
-        """Point the user's adapter at ``version`` unless a later version is already current (step 4)."""
-        with self.lock(f"pointer:{version.pointer_key}"):
+        """Point the user's adapter at ``version`` unless a later version is already current (step 4).
+
+        A compare-and-swap on the pointer object (create-only, or ``if_match`` its ETag), retried when another
+        writer got there first: across any number of compressor replicas, a pointer never moves back."""
+        pointer = Pointer(version.version, version.manifest_key).to_json()
+        while True:
             try:
-                current = Pointer.from_json(self.store.get(version.pointer_key).data)
-                if current.version >= version.version:
-                    return False
+                stored = self.store.get(version.pointer_key)
             except ObjectNotFound:
-                pass
-            self.store.put(version.pointer_key, Pointer(version.version, version.manifest_key).to_json())
+                stored = None
+            if stored is not None and Pointer.from_json(stored.data).version >= version.version:
+                return False
+            try:
+                if stored is None:
+                    self.store.put(version.pointer_key, pointer, create_only=True)
+                else:
+                    self.store.put(version.pointer_key, pointer, if_match=stored.info.etag)
+            except (ObjectExists, ObjectChanged, ObjectNotFound):
+                continue  # another writer moved (or a deletion removed) it since the read: read it again
+            break
         self.on_published(version)
         return True
 

@@ -6,6 +6,10 @@ promise the same semantics, and ``tests/soppu/test_store.py`` runs one suite aga
 - ``put`` is atomic: a reader sees the old object or the whole new one, never a partial object.
 - ``put(..., create_only=True)`` succeeds only if the key does not exist yet; otherwise it raises
   :class:`~soppu.errors.ObjectExists`. Exactly one of several racing create-only writers wins.
+- ``put(..., if_match=etag)`` succeeds only if the object is still the version with that ETag; otherwise it
+  raises :class:`~soppu.errors.ObjectChanged` (or :class:`~soppu.errors.ObjectNotFound` if it is gone). Of
+  several writers racing from the same version, in any processes, exactly one wins: a read-modify-write that
+  retries on ``ObjectChanged`` never loses an update (S3's ``If-Match``; replicas coordinate through it).
 - ``get`` returns the bytes together with the :class:`ObjectInfo` of exactly those bytes (so an ETag is never
   paired with other content); ``head`` returns the info alone. A missing key raises
   :class:`~soppu.errors.ObjectNotFound`.
@@ -71,7 +75,9 @@ class ObjectStore(ABC):
     """A flat key -> bytes store. See the module docstring for the semantics every backend keeps."""
 
     @abstractmethod
-    def put(self, key: str, data: bytes | BinaryIO | Path, *, create_only: bool = False) -> ObjectInfo:
+    def put(
+        self, key: str, data: bytes | BinaryIO | Path, *, create_only: bool = False, if_match: str | None = None
+    ) -> ObjectInfo:
         """Store ``data`` (bytes, a readable binary file, or a path to a file) under ``key`` atomically."""
 
     @abstractmethod

@@ -3,11 +3,15 @@
 Atomicity comes from the filesystem: every put writes a complete temp file inside ``root/.tmp`` (the same
 filesystem as the objects), fsyncs it, then renames it into place (or hard-links it, for create-only puts,
 because ``link`` fails on an existing name where ``rename`` would overwrite). Objects are never modified in
-place, so an open file descriptor always reads one whole version.
+place, so an open file descriptor always reads one whole version. A conditional put (``if_match``) compares the
+ETag and renames while holding an exclusive ``flock`` on a lock file of that key (``root/.tmp/locks``), so
+conditional writers in any processes on the host take turns.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import stat
@@ -15,10 +19,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from soppu.errors import InvalidName, ObjectExists, ObjectNotFound, StoreError, StoreUnavailable
+from soppu.errors import InvalidName, ObjectChanged, ObjectExists, ObjectNotFound, StoreError, StoreUnavailable
 from soppu.store.base import ObjectInfo, ObjectStore, StoredObject, validate_key
 
 __all__ = ["LocalStore"]
@@ -98,16 +103,38 @@ class LocalStore(ObjectStore):
             raise InvalidName(f"key {key!r} has a component over {_NAME_MAX} characters", key=key)
         return self._root / key
 
-    def put(self, key: str, data: bytes | BinaryIO | Path, *, create_only: bool = False) -> ObjectInfo:
+    def put(
+        self, key: str, data: bytes | BinaryIO | Path, *, create_only: bool = False, if_match: str | None = None
+    ) -> ObjectInfo:
         final = self._path(key)
+        if create_only and if_match is not None:
+            raise ValueError("create_only and if_match exclude each other")
         if isinstance(data, Path):
             # Opened before anything is written so a missing source is the caller's FileNotFoundError,
             # not a store failure.
             with data.open("rb") as src:
-                return self._put(key, final, src, create_only=create_only)
-        return self._put(key, final, data, create_only=create_only)
+                return self._put(key, final, src, create_only=create_only, if_match=if_match)
+        return self._put(key, final, data, create_only=create_only, if_match=if_match)
 
-    def _put(self, key: str, final: Path, data: bytes | BinaryIO, *, create_only: bool) -> ObjectInfo:
+    @contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        locks = self._tmp / "locks"
+        locks.mkdir(exist_ok=True)
+        with (locks / hashlib.sha256(key.encode()).hexdigest()[:32]).open("a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            yield
+
+    def _check_version(self, key: str, final: Path, if_match: str) -> None:
+        try:
+            current = _etag(final.stat())
+        except FileNotFoundError as e:
+            raise ObjectNotFound(f"no object {key!r}", key=key) from e
+        if current != if_match:
+            raise ObjectChanged(f"object {key!r} changed since it was read", key=key)
+
+    def _put(
+        self, key: str, final: Path, data: bytes | BinaryIO, *, create_only: bool, if_match: str | None
+    ) -> ObjectInfo:
         try:
             fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
         except OSError as e:
@@ -123,7 +150,12 @@ class LocalStore(ObjectStore):
                 os.utime(out.fileno(), ns=(now, now))
                 os.fsync(out.fileno())
                 st = os.fstat(out.fileno())
-            self._place(tmp, final, key, create_only=create_only)
+            if if_match is None:
+                self._place(tmp, final, key, create_only=create_only)
+            else:
+                with self._key_lock(key):
+                    self._check_version(key, final, if_match)
+                    self._place(tmp, final, key, create_only=False)
             _fsync_dir(final.parent)
         except OSError as e:
             raise StoreUnavailable(f"cannot write {key!r} to local store: {e.strerror}", key=key) from e

@@ -18,7 +18,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from soppu.errors import ObjectExists, ObjectNotFound, StoreError, StoreUnavailable
+from soppu.errors import ObjectChanged, ObjectExists, ObjectNotFound, StoreError, StoreUnavailable
 from soppu.store.base import ObjectInfo, ObjectStore, StoredObject, validate_key
 
 __all__ = ["S3Store"]
@@ -110,7 +110,13 @@ class S3Store(ObjectStore):
         return f"S3Store(bucket={self._bucket!r}, endpoint_url={self._endpoint_url!r})"
 
     def _fail(
-        self, e: ClientError | BotoCoreError, op: str, key: str | None = None, *, create_only: bool = False
+        self,
+        e: ClientError | BotoCoreError,
+        op: str,
+        key: str | None = None,
+        *,
+        create_only: bool = False,
+        conditional: bool = False,
     ) -> NoReturn:
         where = f"{key!r} in bucket {self._bucket!r}" if key is not None else f"bucket {self._bucket!r}"
         detail: dict[str, str] = {"key": key} if key is not None else {}
@@ -127,39 +133,49 @@ class S3Store(ObjectStore):
             raise ObjectNotFound(f"no object {key!r} in bucket {self._bucket!r}", key=key) from e
         if create_only and (code in _EXISTS or status == 412):
             raise ObjectExists(f"object {key!r} already exists in bucket {self._bucket!r}", key=key) from e
+        if conditional and (code in _EXISTS or status in (409, 412)):
+            # 409 ConditionalRequestConflict: a concurrent conditional write to the key was under way; either way
+            # the caller's version is not (or no longer) the object's.
+            raise ObjectChanged(f"object {key!r} in bucket {self._bucket!r} changed since it was read", key=key) from e
         if code in _UNAVAILABLE or code in _NOT_FOUND or status == 403 or status >= 500:
             raise StoreUnavailable(message, s3_code=code, **detail) from e
         raise StoreError(message, s3_code=code, **detail) from e
 
-    def put(self, key: str, data: bytes | BinaryIO | Path, *, create_only: bool = False) -> ObjectInfo:
+    def put(
+        self, key: str, data: bytes | BinaryIO | Path, *, create_only: bool = False, if_match: str | None = None
+    ) -> ObjectInfo:
         validate_key(key)
+        if create_only and if_match is not None:
+            raise ValueError("create_only and if_match exclude each other")
+        conditions: dict[str, str] = {"IfNoneMatch": "*"} if create_only else {}
+        if if_match is not None:
+            conditions["IfMatch"] = f'"{if_match}"'
         if isinstance(data, Path):
             with data.open("rb") as src:
-                return self._put(key, src, create_only=create_only)
+                return self._put(key, src, conditions)
         if isinstance(data, bytes | bytearray | memoryview):
-            return self._put(key, bytes(data), create_only=create_only)
+            return self._put(key, bytes(data), conditions)
         if not hasattr(data, "read"):
             raise TypeError(f"data must be bytes, a binary file or a Path, not {type(data).__name__}")
         if _seekable(data):
-            return self._put(key, data, create_only=create_only)
+            return self._put(key, data, conditions)
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_MAX) as spool:
             while chunk := data.read(1024 * 1024):
                 spool.write(chunk)
             spool.seek(0)
-            return self._put(key, spool, create_only=create_only)  # type: ignore[arg-type]
+            return self._put(key, spool, conditions)  # type: ignore[arg-type]
 
-    def _put(self, key: str, body: bytes | BinaryIO, *, create_only: bool) -> ObjectInfo:
+    def _put(self, key: str, body: bytes | BinaryIO, conditions: dict[str, str]) -> ObjectInfo:
         if isinstance(body, bytes):
             size = len(body)
         else:
             start = body.tell()
             size = body.seek(0, os.SEEK_END) - start
             body.seek(start)
-        extra: dict[str, str] = {"IfNoneMatch": "*"} if create_only else {}
         try:
-            response = self._client.put_object(Bucket=self._bucket, Key=key, Body=body, **extra)
+            response = self._client.put_object(Bucket=self._bucket, Key=key, Body=body, **conditions)
         except (ClientError, BotoCoreError) as e:
-            self._fail(e, "put", key, create_only=create_only)
+            self._fail(e, "put", key, create_only="IfNoneMatch" in conditions, conditional="IfMatch" in conditions)
         return ObjectInfo(key=key, size=size, etag=_strip_etag(response["ETag"]))
 
     def get(self, key: str) -> StoredObject:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from soppu.registry.catalog import delete_user, list_adapters, pending_jobs
 from soppu.registry.pipeline import Pipeline
 from soppu.registry.policy import CompressionPolicy, GateThresholds, QualityGate
 from soppu.registry.versions import IdempotencyConflict, accept_upload, allocate_version
-from soppu.store import ObjectStore
+from soppu.store import LocalStore, ObjectStore
 from soppu.store.layout import AdapterVersion
 
 
@@ -101,6 +104,65 @@ def test_pointer_never_moves_back(local_store: ObjectStore, uploads) -> None:
     for version in reversed(versions):  # the later upload finishes first
         pipeline.run_job(version)
     assert Pointer.from_json(local_store.get(versions[0].pointer_key).data).version == 2
+
+
+# One compressor replica's pointer switches, in a shuffled order, for the versions given on the command line;
+# it starts switching when the file ``go`` appears (after its slow imports), so the replicas overlap.
+_SWITCHER = """
+import os, pathlib, random, sys, time
+from soppu.registry.pipeline import Pipeline
+from soppu.registry.policy import CompressionPolicy, QualityGate
+from soppu.store import open_store
+from soppu.store.layout import AdapterVersion
+pipeline = Pipeline(open_store(sys.argv[1]), CompressionPolicy(device="cpu"), QualityGate())
+versions = [int(v) for v in sys.argv[2].split(",")]
+random.Random(sys.argv[3]).shuffle(versions)
+pathlib.Path(sys.argv[4]).touch()
+while not os.path.exists(sys.argv[5]):
+    time.sleep(0.001)
+for version in versions:
+    pipeline.switch_pointer(AdapterVersion("u1", "a", version))
+"""
+# A reader of the pointer, until told to stop: how many times it saw the version go down.
+_WATCHER = """
+import os, sys
+from soppu.errors import ObjectNotFound
+from soppu.registry import Pointer
+from soppu.store import open_store
+from soppu.store.layout import AdapterVersion
+store, key, stop = open_store(sys.argv[1]), AdapterVersion("u1", "a", 1).pointer_key, sys.argv[2]
+seen, backwards = 0, 0
+while not os.path.exists(stop):
+    try:
+        version = Pointer.from_json(store.get(key).data).version
+    except ObjectNotFound:
+        continue
+    backwards += version < seen
+    seen = max(seen, version)
+print(backwards)
+"""
+
+
+def test_a_pointer_never_moves_back_across_replica_processes(tmp_path: Path) -> None:
+    # Issue 15: the pointer's lock was per process, so two replicas could each read v5, then write v7 and v6 in
+    # that order. Two processes switch odd and even versions (1..400) in shuffled orders while a third reads the
+    # pointer: it must never see the version go down, and the last word is the highest version.
+    store, stop, top = LocalStore(tmp_path / "store"), tmp_path / "stop", 400
+    watcher = subprocess.Popen([sys.executable, "-c", _WATCHER, str(store.root), str(stop)], stdout=subprocess.PIPE)
+    go, ready = tmp_path / "go", [tmp_path / "ready-a", tmp_path / "ready-b"]
+    switchers = []
+    for first, seed in ((1, "a"), (2, "b")):
+        versions = ",".join(map(str, range(first, top + 1, 2)))
+        args = [str(store.root), versions, seed, str(ready[first - 1]), str(go)]
+        switchers.append(subprocess.Popen([sys.executable, "-c", _SWITCHER, *args]))
+    while not all(path.exists() for path in ready) and all(proc.poll() is None for proc in switchers):
+        time.sleep(0.01)  # both replicas up; the condition, not the clock, decides
+    go.touch()
+    assert [proc.wait(timeout=120) for proc in switchers] == [0, 0]
+    stop.touch()
+    backwards = int(watcher.communicate(timeout=60)[0])
+    assert backwards == 0
+    assert Pointer.from_json(store.get(AdapterVersion("u1", "a", 1).pointer_key).data).version == top
 
 
 def test_gate_failure_serves_the_original_and_a_refit_brings_everyone_back(local_store, uploads) -> None:
