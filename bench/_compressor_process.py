@@ -28,6 +28,8 @@ def compressor_process(
     port = free_port()
     env = {**os.environ, "SOPPU_STORE_URL": str(store), "SOPPU_ADMIN_KEY": admin_key, "SOPPU_FAILPOINTS": failpoints}
     env |= {"SOPPU_COMPRESSOR_DEVICE": "cpu", "SOPPU_COMPRESSOR_TORCH_THREADS": str(TORCH_THREADS)}
+    # A killed compressor's leases (soppu.registry.leases) hold 2 s, not 30: the drills restart it at once.
+    env |= {"SOPPU_COMPRESSOR_LEASE_TTL_S": "2"}
     env |= {f"SOPPU_COMPRESSOR_{k.upper()}": v for k, v in settings.items()}
     command = [sys.executable, "-m", "compressor_service", "--port", str(port), "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"

@@ -115,6 +115,11 @@ class CompressorSettings(BaseSettings):
         4, ge=1, description="uploads received at once; one more answers 503 busy (each holds its files in memory)"
     )
     retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 (store unavailable, queue full)")
+    lease_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        description="how long a replica's lock on a user or cohort outlives it: renewed while held, taken over after",
+    )
     job_retry_s: float = Field(
         1.0, ge=0.01, le=60, description="first wait before a job the store interrupted runs again (doubling to 60 s)"
     )

@@ -21,9 +21,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import threading
-from collections import defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
 
@@ -39,6 +38,7 @@ from soppu.failpoints import failpoint
 from soppu.models import linear_shapes
 from soppu.peft_files import PROBES_NAME
 from soppu.registry.ladder import climb, served_by
+from soppu.registry.leases import DEFAULT_TTL_S, Leases
 from soppu.registry.policy import CompressionPolicy, QualityGate, cohort_name
 from soppu.registry.records import CohortState, JobRecord, JobState, Manifest, Pointer, ServedFrom, now
 from soppu.registry.versions import allocate_version, latest_version, withdraw_upload
@@ -60,14 +60,16 @@ def _core_name(version: AdapterVersion) -> str:
 
 
 class Pipeline:
-    """Runs jobs and refits against one store. Thread-safe: a lock per cohort and per user adapter."""
+    """Runs jobs and refits against one store. Safe for threads and for replicas sharing the store: a lock per
+    cohort and per user (:mod:`soppu.registry.leases`), compare-and-swap pointer switches."""
 
-    def __init__(self, store: ObjectStore, policy: CompressionPolicy, gate: QualityGate) -> None:
+    def __init__(
+        self, store: ObjectStore, policy: CompressionPolicy, gate: QualityGate, *, lease_ttl_s: float = DEFAULT_TTL_S
+    ) -> None:
         self.store = store
         self.policy = policy
         self.gate = gate
-        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._guard = threading.Lock()
+        self.leases = Leases(store, lease_ttl_s)
         self._bases: dict[str, Compression] = {}  # basis key -> the compression skeleton (bases, no adapters)
         self.on_published: Callable[[AdapterVersion], None] = lambda version: None
 
@@ -76,9 +78,9 @@ class Pipeline:
         """The served base model's linear layers (when the gate has the model), which every upload must fit."""
         return None if self.gate.model is None else linear_shapes(self.gate.model[0])
 
-    def lock(self, name: str) -> threading.Lock:
-        with self._guard:
-            return self._locks[name]
+    def lock(self, name: str) -> AbstractContextManager[None]:
+        """The lock ``name`` (a user's jobs, a cohort), held across threads and every replica on this store."""
+        return self.leases.hold(name)
 
     # --- records ---------------------------------------------------------------------------------------
 

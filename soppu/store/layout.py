@@ -15,6 +15,7 @@ key                                                          what
 ``idempotency/{user}/{adapter}/{digest}.json``                 an upload's Idempotency-Key -> its job
 ``cohorts/{cohort}/state.json``                                a cohort's members, current basis, refit flag
 ``tombstones/{user_digest}.json``                              what deletions leave: last versions, deletion state
+``leases/{name_digest}.json``                                  who holds a lock across replicas, until when
 ``keys/{key_id}.json``                                         an API key record (role, user, SHA-256 of the secret)
 ``key-index/{user}/{key_id}``                                  a user's keys, so deleting the user revokes them
 ===========================================================  =====================================================
@@ -57,6 +58,7 @@ __all__ = [
     "key_index_key",
     "key_index_prefix",
     "key_record_key",
+    "lease_key",
     "name_digest",
     "parse_version",
     "pointer_key",
@@ -78,6 +80,7 @@ JOBS = "jobs"
 IDEMPOTENCY = "idempotency"
 COHORTS = "cohorts"
 TOMBSTONES = "tombstones"
+LEASES = "leases"
 KEYS = "keys"
 KEY_INDEX = "key-index"
 
@@ -95,6 +98,7 @@ LAYOUT: tuple[str, ...] = (
     f"{IDEMPOTENCY}/{{user}}/{{adapter}}/{{digest}}.json",
     f"{COHORTS}/{{cohort}}/state.json",
     f"{TOMBSTONES}/{{user_digest}}.json",
+    f"{LEASES}/{{name_digest}}.json",
     f"{KEYS}/{{key_id}}.json",
     f"{KEY_INDEX}/{{user}}/{{key_id}}",
 )
@@ -250,6 +254,11 @@ def name_digest(name: str) -> str:
 def tombstone_key(user_id: str) -> str:
     """Outside :func:`user_prefixes`: deleting the user leaves it behind, named by a digest."""
     return f"{TOMBSTONES}/{name_digest(check_name(user_id, 'user_id'))}.json"
+
+
+def lease_key(name: str) -> str:
+    """A lock's lease, named by a digest of the lock's name (which may name a user): see soppu.registry.leases."""
+    return f"{LEASES}/{name_digest(name)}.json"
 
 
 def cohort_state_key(cohort: str) -> str:

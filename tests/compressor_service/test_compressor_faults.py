@@ -31,7 +31,8 @@ def test_a_killed_compressor_resumes_its_jobs_after_a_restart(
     start_compressor: StartCompressor, examples_dir: Path
 ) -> None:
     users = json.loads((examples_dir / "users.json").read_text())["users"]
-    first, compressor = start_compressor()
+    # Leases of 2 s: the killed replica's locks expire soon after the kill, rather than in 30 s.
+    first, compressor = start_compressor(lease_ttl_s="2")
     with compressor.client() as client:
         accepted = []
         for i in range(USERS):
@@ -54,7 +55,7 @@ def test_a_killed_compressor_resumes_its_jobs_after_a_restart(
     assert running.job_id in left and set(accepted) & left, "the kill came too late to leave work behind"
     assert _jobs(compressor.store)[running.job_id].state == JobState.RUNNING
 
-    _second, compressor = start_compressor()
+    _second, compressor = start_compressor(lease_ttl_s="2")
     with compressor.client() as client:
         finished = {job_id: wait_for_job(client, job_id) for job_id in accepted}
     assert {job["state"] for job in finished.values()} == {"done"}
