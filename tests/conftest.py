@@ -64,7 +64,9 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _export_audit() -> ModuleType:
-    sys.path.insert(0, str(REPO_ROOT / "tests" / "lorax_contract"))  # tests/ is no package (yet)
+    contract = str(REPO_ROOT / "tests" / "lorax_contract")
+    if contract not in sys.path:  # tests/ is no package (yet)
+        sys.path.insert(0, contract)
     import export_audit
 
     return export_audit

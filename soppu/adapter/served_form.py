@@ -95,13 +95,14 @@ def _missing_layers(adapter: LoraAdapter, shapes: Mapping[str, tuple[int, int]] 
     return missing
 
 
-def check_servable(adapter: LoraAdapter, shapes: Mapping[str, tuple[int, int]] | None = None) -> None:
+def check_servable(adapter: LoraAdapter, shapes: Mapping[str, tuple[int, int]] | None = None) -> int:
     """Raise unless :func:`served_form` can express ``adapter`` exactly: a rank over 128 (``lorax_rank_limit``),
     or, without the base model's ``shapes``, a layer type on only some of the adapter's layers
-    (``lorax_partial_layers``: how many layers the base has, and so which ones to fill, is unknown)."""
-    served_rank(max(lora.rank for _, lora in adapter))
+    (``lorax_partial_layers``: how many layers the base has, and so which ones to fill, is unknown). The rank the
+    served form has."""
+    rank = served_rank(max(lora.rank for _, lora in adapter))
     if shapes is not None:
-        return
+        return rank
     layers = _layers(list(adapter.modules))
     depth = max((max(indices) + 1 for indices in layers.values()), default=0)
     for (head, tail), indices in sorted(layers.items()):
@@ -115,6 +116,7 @@ def check_servable(adapter: LoraAdapter, shapes: Mapping[str, tuple[int, int]] |
                 "be filled",
                 module=f"{head}{min(absent)}{tail}",
             )
+    return rank
 
 
 def served_form(
@@ -126,16 +128,15 @@ def served_form(
     """``adapter`` in the form LoRAX serves exactly (see the module docstring); ``shapes`` are the base model's
     linear layers (to fill every layer of an adapted layer type), ``dtype`` the served dtype (default: the
     adapter's own). Raises as :func:`check_servable` does."""
-    check_servable(adapter, shapes)
-    rank = served_rank(max(lora.rank for _, lora in adapter))
+    rank = check_servable(adapter, shapes)
     dtype = dtype or next(iter(adapter.modules.values())).a.dtype
     modules: dict[str, LoraModule] = {}
     for module, lora in adapter:
         # The scaling is folded in float32, then rounded once to the served dtype.
         b, a = pad_rank(lora.b.float() * lora.scaling, lora.a.float(), rank)
         modules[module] = LoraModule(b=b.to(dtype), a=a.to(dtype).contiguous(), scaling=1.0)
+    device = next(iter(modules.values())).a.device
     for module, (d_out, d_in) in _missing_layers(adapter, shapes).items():
-        device = next(iter(modules.values())).a.device
         zeros = LoraModule(
             b=torch.zeros(d_out, rank, dtype=dtype, device=device),
             a=torch.zeros(rank, d_in, dtype=dtype, device=device),

@@ -18,7 +18,6 @@ from soppu.store import S3Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _START_TIMEOUT_S = 120.0  # importing torch and loading the base model on a busy 2-core box
-S3_ENV = MOTO_ENV
 
 # The hostile corpus lives with the core's tests; its module imports its builders by plain name.
 sys.path.insert(0, str(REPO_ROOT / "tests" / "soppu"))
@@ -28,7 +27,7 @@ StartCompressor = Callable[..., tuple[ServiceProcess, Compressor]]
 
 def compressor_env(moto_server: str, bucket: str, **settings: str) -> dict[str, str]:
     env = {
-        **S3_ENV,
+        **MOTO_ENV,
         "OMP_NUM_THREADS": "1",  # tiny matrices: threads only add barriers on a shared box
         "S3_ENDPOINT_URL": moto_server,
         "SOPPU_STORE_URL": f"s3://{bucket}",

@@ -19,7 +19,6 @@ from processes import MOTO_ENV, ServiceProcess, start_service
 from soppu.auth import KeyRing, Role
 from soppu.store import LocalStore, S3Store
 
-_S3_ENV = MOTO_ENV
 _QUIET = {"OMP_NUM_THREADS": "1"}  # tiny matrices: threads only add barriers on a shared box
 
 
@@ -71,7 +70,7 @@ def engine_gateway(
     """The gateway in front of the session's real engine (tests/conftest.py), both on the moto bucket."""
     store, keys = published
     logs = tmp_path_factory.mktemp("engine_gateway")
-    s3 = {"S3_ENDPOINT_URL": moto_server, **_S3_ENV}
+    s3 = {"S3_ENDPOINT_URL": moto_server, **MOTO_ENV}
     env = {**s3, "SOPPU_GATEWAY_RESOLUTION_TTL_S": "1", "SOPPU_GATEWAY_KEY_CACHE_TTL_S": "1"}
     gateway = _gateway(logs / "gateway.log", store.url, [{"url": engine_process.url, "kind": "engine"}], env)
     service_key = KeyRing(store).issue(Role.SERVICE)[0]

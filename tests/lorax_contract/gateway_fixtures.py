@@ -48,7 +48,6 @@ __all__ = ["VARIANTS", "FakeDeployment", "fake_deployment", "publish_raw", "publ
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "admin-" + uuid.uuid4().hex  # long and random: the gateway refuses a weak admin key at start
-_S3_ENV = MOTO_ENV
 VARIANTS = ("rslora", "rank4", "alpha-pattern")
 
 
@@ -150,7 +149,7 @@ def _start_gateway(log: Path, store: S3Store, moto_url: str, backend: str) -> Se
         "SOPPU_GATEWAY_RESOLUTION_TTL_S": "600",
         "S3_ENDPOINT_URL": moto_url,
         "OMP_NUM_THREADS": "1",
-        **_S3_ENV,
+        **MOTO_ENV,
     }
 
     def command(port: int) -> list[str]:
