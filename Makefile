@@ -18,7 +18,7 @@ export SOPPU_CACHE_DIR ?= $(CURDIR)/.cache/soppu
 DEMO_USERS ?=
 EXAMPLES_BASE ?= smollm2
 
-.PHONY: install lorax-libs lock test demo dev lint format bench up down logs clean
+.PHONY: install system-deps lorax-libs lock test demo dev lint format bench up down logs clean
 
 # The stamp is rebuilt only when pyproject.toml changes, so a repeat `make install` takes no time.
 install: $(VENV)/.installed
@@ -37,6 +37,18 @@ $(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	# transformers, so it goes in without them (its real imports are in the test extras).
 	$(PY) -m pip install --quiet --no-deps lorax-client==$(LORAX_CLIENT_VERSION)
 	touch $@
+
+# Programs from the OS packages that tests run for real: docker-compose (validates the compose files) and
+# redis-server (the gateway replicas' shared limits). Needs apt-get and root; the tests fail, never skip, when one
+# is missing. (kubectl, for deploy/k8s, comes as a pinned wheel with the test extras.)
+SYSTEM_PROGRAMS := docker-compose redis-server
+
+system-deps:
+	@missing="$$(for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null 2>&1 || echo $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing from the OS packages: $$missing"; \
+	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 # LoRAX 0.12.1's own libraries, for the tests that hold our exports against what LoRAX really runs
 # (tests/lorax_contract/test_peft040.py): its server's pins (server/requirements.txt; accelerate, which peft
