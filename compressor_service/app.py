@@ -74,7 +74,9 @@ async def _build(settings: CompressorSettings) -> Runtime:
     gate = await asyncio.to_thread(build_gate, settings)
     pipeline = Pipeline(store, build_policy(settings), gate, lease_ttl_s=settings.lease_ttl_s)
     runner = JobRunner(pipeline, settings.workers, settings.queue_size, retry_s=settings.job_retry_s)
-    notifier = GatewayNotifier(settings.gateway_urls, settings.admin_key, settings.notify_timeout_s)
+    notifier = GatewayNotifier(
+        settings.gateway_urls, settings.admin_key, settings.notify_timeout_s, settings.redis_url.get_secret_value()
+    )
     # A key issued for a user whose deletion is under way is withdrawn (see soppu.auth).
     ring = KeyRing(store, admin_key, deleting=partial(user_is_deleting, store))
     return Runtime(store, ring, pipeline, runner, notifier, UploadSlots(settings.max_concurrent_uploads))

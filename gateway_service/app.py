@@ -87,6 +87,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         transport = StreamTransport(max_idle_s=settings.upstream_idle_s)
         async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
             gateway = Gateway(settings, store, transport, metrics)
+            await gateway.start()  # Redis: the shared limits' recovery probe, the invalidation subscriber
             # One round before serving, so /readyz and routing start from the backends' real state.
             timeouts = (settings.health_timeout_s, settings.health_fallback_timeout_s)
             await gateway.pool.check_all(client, *timeouts)
@@ -99,6 +100,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+                await gateway.aclose()
 
     app = FastAPI(
         title="SOPPU gateway",

@@ -72,11 +72,11 @@ def _refuse_bad_sampling(values: dict[str, Any], prefix: str) -> None:
         raise InvalidRequest(problems[0].describe(prefix))
 
 
-def _admit(call: Call, named_user: str | None) -> str:
+async def _admit(call: Call, named_user: str | None) -> str:
     gateway = call.gateway
     user = gateway.acting_user(call.principal, named_user)
     call.state["user"] = user
-    gateway.limiter.admit(user)
+    await gateway.limiter.admit(user)  # with Redis: its one round trip
     return user
 
 
@@ -233,7 +233,7 @@ async def generate(call: Call, body: GenerateRequest, mode: Mode) -> Response:
         raise InvalidRequest("`parameters.merged_adapters` is not allowed through the gateway: it names other adapters")
     _refuse_bad_sampling(p.model_dump(include=_SAMPLING), "parameters.")
     gateway = call.gateway
-    user = _admit(call, body.user_id)
+    user = await _admit(call, body.user_id)
     params = p.model_dump(exclude_none=True, exclude=_LORAX_NOT_FORWARDED)
     params["max_new_tokens"] = gateway.max_new_tokens(p.max_new_tokens)
 
@@ -269,7 +269,7 @@ async def openai(call: Call, body: CompletionRequest | ChatCompletionRequest, pa
     if isinstance(body, CompletionRequest):
         one_prompt(body.prompt)
     named = body.user_id or (body.user if call.principal.role is not Role.USER else None)
-    user = _admit(call, named)
+    user = await _admit(call, named)
     fields = body.model_dump(exclude_none=True, exclude=_OPENAI_NOT_FORWARDED)
     asked = body.max_completion_tokens if isinstance(body, ChatCompletionRequest) else None
     fields["max_tokens"] = gateway.max_new_tokens(asked or body.max_tokens)

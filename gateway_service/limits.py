@@ -5,6 +5,14 @@ user's burst of slow streams could fill the engine's queue for everyone.
 The token bucket is charged after the fact, because a request's generated tokens are known only when it ends:
 a user may run into debt, and is refused (with the time until the debt is repaid as Retry-After) until the
 bucket is back at zero. So bursts stay bounded by ``user_token_burst`` plus the requests already in flight.
+
+The bucket formula is :func:`refill`, :func:`wait_for` and :func:`full_in`, defined here once. :class:`UserLimiter`
+keeps the buckets in this process; :mod:`~gateway_service.shared_limits` keeps them in Redis for every replica
+(its Lua script restates the same formula, and a test holds the two to the same answers).
+
+The in-flight caps (:class:`ConcurrencyGate`) stay per process, with Redis or without: they protect this
+process's own upstream connection pool and event loop, and a cap across replicas would need a lease per
+request (taken and given back around every stream, and lost with the replica that held it).
 """
 
 from __future__ import annotations
@@ -15,7 +23,32 @@ from dataclasses import dataclass
 
 from .errors import Overloaded, RateLimited, TooManyInFlight
 
-__all__ = ["ConcurrencyGate", "TokenBucket", "UserLimiter"]
+__all__ = ["ConcurrencyGate", "TokenBucket", "UserLimiter", "full_in", "refill", "refusal", "wait_for"]
+
+
+def refill(level: float, stamp: float, now: float, rate: float, burst: float) -> float:
+    """A bucket's level at ``now``: ``level`` at ``stamp`` plus ``rate`` per second since, never above ``burst``
+    (a clock that steps back refills nothing)."""
+    return min(burst, level + max(0.0, now - stamp) * rate)
+
+
+def wait_for(level: float, amount: float, rate: float) -> float:
+    """Seconds until a bucket at ``level`` holds ``amount`` (0 when it does now)."""
+    return 0.0 if level >= amount else (amount - level) / rate
+
+
+def full_in(level: float, rate: float, burst: float) -> float:
+    """Seconds until a bucket at ``level`` is full again (0 for an unlimited one): after that, forgetting it
+    changes nothing."""
+    return 0.0 if rate <= 0 or level >= burst else (burst - level) / rate
+
+
+_WHAT = {"requests": "requests", "tokens": "generated tokens"}
+
+
+def refusal(limit: str, rate: float, burst: float, wait_s: float) -> RateLimited:
+    """The 429 for an empty bucket, ``limit`` being ``requests`` or ``tokens``."""
+    return RateLimited(f"rate limit: at most {rate:g} {_WHAT[limit]}/s (burst {burst:g})", wait_s)
 
 
 @dataclass(slots=True)
@@ -26,12 +59,12 @@ class TokenBucket:
     stamp: float
 
     def refill(self, now: float) -> None:
-        self.level = min(self.burst, self.level + (now - self.stamp) * self.rate)
+        self.level = refill(self.level, self.stamp, now, self.rate, self.burst)
         self.stamp = now
 
     def wait_for(self, amount: float) -> float:
         """Seconds until ``amount`` is available (0 when it is now)."""
-        return 0.0 if self.level >= amount else (amount - self.level) / self.rate
+        return wait_for(self.level, amount, self.rate)
 
 
 class UserLimiter:
@@ -52,6 +85,11 @@ class UserLimiter:
         self._max_users = max_users
         self._on_limited = on_limited
         self._users: dict[str, tuple[TokenBucket, TokenBucket]] = {}
+
+    @property
+    def rates(self) -> tuple[float, float, float, float]:
+        """Requests per second, request burst, tokens per second, token burst."""
+        return (*self._requests, *self._tokens)
 
     def _buckets(self, user_id: str, now: float) -> tuple[TokenBucket, TokenBucket]:
         buckets = self._users.get(user_id)
@@ -78,18 +116,12 @@ class UserLimiter:
             requests.refill(now)
             if requests.level < 1:
                 self._on_limited("requests")
-                raise RateLimited(
-                    f"rate limit: at most {requests.rate:g} requests/s (burst {requests.burst:g})",
-                    requests.wait_for(1),
-                )
+                raise refusal("requests", requests.rate, requests.burst, requests.wait_for(1))
         if tokens.rate > 0:
             tokens.refill(now)
             if tokens.level < 0:
                 self._on_limited("tokens")
-                raise RateLimited(
-                    f"rate limit: at most {tokens.rate:g} generated tokens/s (burst {tokens.burst:g})",
-                    tokens.wait_for(0),
-                )
+                raise refusal("tokens", tokens.rate, tokens.burst, tokens.wait_for(0))
         if requests.rate > 0:
             requests.level -= 1
 
@@ -101,6 +133,14 @@ class UserLimiter:
         _, tokens = self._buckets(user_id, now)
         tokens.refill(now)
         tokens.level -= generated
+
+    def levels(self, user_id: str) -> tuple[float, float]:
+        """``user_id``'s request and token levels now (full for a user not seen)."""
+        now = self._clock()
+        requests, tokens = self._buckets(user_id, now)
+        requests.refill(now)
+        tokens.refill(now)
+        return requests.level, tokens.level
 
 
 class ConcurrencyGate:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -78,6 +78,21 @@ class GatewayMetrics:
         )
         self.limited = Counter(
             "soppu_gateway_rate_limited", "requests refused by a per-user limit", ["limit"], registry=r
+        )
+        self.limits_shared = Gauge(
+            "soppu_gateway_limits_shared", "1 while per-user limits are kept in Redis for every replica", registry=r
+        )
+        self.redis_errors = Counter(
+            "soppu_gateway_redis_errors",
+            "failed Redis calls by operation (admit, charge, ping, subscribe); each fell back or will retry",
+            ["operation"],
+            registry=r,
+        )
+        self.invalidations = Counter(
+            "soppu_gateway_invalidations",
+            "cache invalidations applied, by source: http (admin route), pubsub (a message), subscribed (drop all)",
+            ["source"],
+            registry=r,
         )
         self.stream_errors = Counter(
             "soppu_gateway_stream_errors",

@@ -5,11 +5,18 @@ A ``user`` key acts for its own user only (a ``user_id`` naming anyone else is 4
 keys must name the user. The ``no_adapter`` policy applies to the ``default`` adapter: a user without one gets
 the base model (``base``) or 404 (``404``); a missing adapter asked for by any other name is always 404,
 because silently answering with the base model would hide a typo.
+
+With ``redis_url`` set, per-user limits are kept in Redis for every replica
+(:mod:`~gateway_service.shared_limits`) and invalidations arrive by pub/sub too
+(:mod:`~gateway_service.invalidation`); :meth:`Gateway.start` and :meth:`Gateway.aclose` run and stop that
+background work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,21 +24,25 @@ import httpx
 
 from soppu.auth import Principal, Role
 from soppu.errors import InvalidName, StoreUnavailable
+from soppu.protocol.invalidation import Invalidation
 from soppu.store.base import ObjectStore
 from soppu.store.layout import check_name, pointer_key
 
 from .errors import AdapterNotFound, Forbidden, InvalidRequest, StoreDown
+from .invalidation import follow
 from .keys import KeyCache
 from .limits import ConcurrencyGate, UserLimiter
 from .metrics import GatewayMetrics
 from .resolution import AdapterTarget, Resolution, Resolver
 from .routing import BackendPool
 from .settings import BackendKind, GatewaySettings
+from .shared_limits import SharedLimiter, connect, where
 from .upstream import Upstream
 
 __all__ = ["DEFAULT_ADAPTER", "Call", "Gateway", "Target"]
 
 DEFAULT_ADAPTER = "default"
+_log = logging.getLogger(__name__)
 
 
 def valid_name(value: str, field: str) -> str:
@@ -92,17 +103,84 @@ class Gateway:
         self.keys = KeyCache(store, admin_key, settings.key_cache_ttl_s)
         self.resolver = Resolver(store, settings.resolution_ttl_s, lambda r: metrics.lookups.labels(result=r).inc())
         self.pool = BackendPool(settings.backends, settings.virtual_nodes, settings.load_factor)
-        self.limiter = UserLimiter(
+
+        def on_limited(limit: str) -> None:
+            metrics.limited.labels(limit=limit).inc()
+
+        local = UserLimiter(
             settings.user_requests_per_s,
             settings.user_request_burst,
             settings.user_tokens_per_s,
             settings.user_token_burst,
-            on_limited=lambda limit: metrics.limited.labels(limit=limit).inc(),
+            on_limited=on_limited,
         )
+        redis_url = settings.redis_url.get_secret_value()
+        self._address = where(redis_url) if redis_url else "-"
+        # No I/O here: the client connects on its first call.
+        self.redis = connect(redis_url, settings.redis_timeout_s, settings.redis_pool_size) if redis_url else None
+        self.limiter = SharedLimiter(
+            local,
+            self.redis,
+            address=self._address,
+            retry_s=settings.redis_retry_s,
+            on_limited=on_limited,
+            on_error=lambda operation: metrics.redis_errors.labels(operation=operation).inc(),
+            on_shared=lambda shared: metrics.limits_shared.set(float(shared)),
+        )
+        self._tasks: list[asyncio.Task[None]] = []
         self.gate = ConcurrencyGate(settings.max_concurrent_requests, settings.user_max_in_flight)
         timeout = httpx.Timeout(settings.upstream_timeout_s, connect=settings.connect_timeout_s)
         self.upstream = Upstream(transport, timeout, settings.retries, settings.retry_backoff_s, metrics)
         metrics.watch(self.pool.backends, lambda: self.gate.inside)
+
+    async def start(self) -> None:
+        """With Redis: the limiter's recovery probe and the invalidation subscriber, as background tasks."""
+        if self.redis is None:
+            return
+        retry_s = self.settings.redis_retry_s
+        self._tasks = [
+            asyncio.create_task(self.limiter.watch()),
+            asyncio.create_task(
+                follow(
+                    self.redis,
+                    self._apply,
+                    address=self._address,
+                    retry_s=retry_s,
+                    on_error=lambda operation: self.metrics.redis_errors.labels(operation=operation).inc(),
+                )
+            ),
+        ]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.limiter.aclose()
+
+    def invalidate(
+        self, user_id: str | None = None, key_id: str | None = None, *, source: str = "http"
+    ) -> tuple[int, int]:
+        """Drop the cached resolutions and keys of ``user_id`` and/or the key ``key_id`` (everything when both are
+        None); how many of each."""
+        user_id = valid_name(user_id, "user_id") if user_id is not None else None
+        key_id = valid_name(key_id, "key_id") if key_id is not None else None
+        everything = user_id is None and key_id is None
+        resolutions = self.resolver.invalidate(user_id) if user_id is not None or everything else 0
+        keys = self.keys.invalidate(user_id=user_id, key_id=key_id)
+        self.metrics.invalidations.labels(source=source).inc()
+        return resolutions, keys
+
+    def _apply(self, message: Invalidation | None, source: str) -> None:
+        try:
+            if message is None:
+                self.invalidate(source=source)
+            else:
+                self.invalidate(message.user_id, message.key_id, source=source)
+        except InvalidRequest as e:
+            _log.warning("ignored an invalidation from %s: %s", source, e.message)
 
     def acting_user(self, principal: Principal, named: str | None) -> str:
         if principal.role is Role.USER:

@@ -103,12 +103,31 @@ class GatewaySettings(BaseSettings):
     )
     virtual_nodes: int = Field(64, ge=1, description="points per backend on the consistent-hash ring")
     load_factor: float = Field(1.25, ge=1.0, description="bounded load: skip a backend over this x average")
+    # Replicas: per-user limits and invalidations through Redis. The URL may carry a password: a secret.
+    redis_url: SecretStr = Field(
+        SecretStr(""),
+        description="redis://[:password@]host:port[/db] (or rediss://, unix://): per-user limits shared by every "
+        "replica and invalidations by pub/sub; empty: this process's own limits",
+    )
+    redis_timeout_s: float = Field(
+        0.1, gt=0, le=5, description="per Redis call, connecting included; slower counts as an outage"
+    )
+    redis_retry_s: float = Field(1.0, gt=0, description="after a Redis failure, limits are local this long")
+    redis_pool_size: int = Field(16, ge=1, description="connections to Redis (one more is held by the subscriber)")
 
     @model_validator(mode="after")
     def _strong_secrets(self) -> GatewaySettings:
         key = None if self.admin_key is None else self.admin_key.get_secret_value()
         check_service_secrets(key, self.store_url, os.environ)
         return self
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr) -> SecretStr:
+        value = url.get_secret_value()
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")  # never quote it: a secret
+        return url
 
     @field_validator("backends")
     @classmethod

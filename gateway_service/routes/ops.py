@@ -1,6 +1,9 @@
 """Operational routes: ``GET /healthz`` (the process is up), ``GET /readyz`` (at least one healthy backend and
-a reachable store), ``GET /metrics`` (Prometheus), and the admin's ``POST /v1/admin/invalidate``, which the
-compressor calls on deletions and revocations so no cache serves a deleted user or a revoked key."""
+a reachable store; it also says whether per-user limits are shared through Redis, but a Redis outage leaves it
+200: limits fall back to the replica's own, and pulling every replica out of service would be worse), ``GET
+/metrics`` (Prometheus), and the admin's ``POST /v1/admin/invalidate``, which the compressor calls on deletions
+and revocations so no cache serves a deleted user or a revoked key (with Redis, replicas also hear it by pub/sub:
+:mod:`~gateway_service.invalidation`)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ from fastapi.responses import JSONResponse
 from ..deps import AdminDep, GatewayDep
 from ..metrics import CONTENT_TYPE
 from ..schemas import InvalidateRequest, InvalidateResponse, Readiness
-from ..service import valid_name
 from ._common import AUTH_ERRORS
 
 __all__ = ["router"]
@@ -28,7 +30,15 @@ async def readyz(gateway: GatewayDep) -> JSONResponse:
     healthy = len(gateway.pool.healthy())
     store = await gateway.store_ready()
     ready = healthy > 0 and store
-    body = Readiness(ready=ready, healthy_backends=healthy, backends=len(gateway.pool.backends), store=store)
+    limiter = gateway.limiter
+    body = Readiness(
+        ready=ready,
+        healthy_backends=healthy,
+        backends=len(gateway.pool.backends),
+        store=store,
+        limits="shared" if limiter.shared else "local",
+        redis=limiter.redis_up,
+    )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
@@ -43,9 +53,5 @@ async def metrics(gateway: GatewayDep) -> Response:
     responses=AUTH_ERRORS,
 )
 async def invalidate(body: InvalidateRequest, gateway: GatewayDep, _: AdminDep) -> InvalidateResponse:
-    user_id = valid_name(body.user_id, "user_id") if body.user_id is not None else None
-    key_id = valid_name(body.key_id, "key_id") if body.key_id is not None else None
-    everything = user_id is None and key_id is None
-    resolutions = gateway.resolver.invalidate(user_id) if user_id is not None or everything else 0
-    keys = gateway.keys.invalidate(user_id=user_id, key_id=key_id)
+    resolutions, keys = gateway.invalidate(body.user_id, body.key_id, source="http")
     return InvalidateResponse(resolutions=resolutions, keys=keys)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["InvalidateRequest", "InvalidateResponse", "Readiness"]
@@ -26,3 +28,9 @@ class Readiness(BaseModel):
     healthy_backends: int
     backends: int
     store: bool
+    limits: Literal["shared", "local"] = Field(
+        description="shared: per-user limits kept in Redis for every replica; local: this process's own"
+    )
+    redis: bool | None = Field(
+        description="whether Redis answers (null: none configured); a Redis outage never makes a replica unready"
+    )

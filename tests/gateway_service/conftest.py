@@ -1,7 +1,8 @@
 """The gateway as real processes: ``python -m gateway_service`` in front of (a) the real engine on the example
 model, both reading a moto S3 bucket where the example users are published, (b) two stub backends
-(``bench/_stub_backend.py``) that record what they receive, over a local-directory store, and (c) a stub that
-speaks as LoRAX 0.12.1 does (``lorax_stub.py``), over a local-directory store."""
+(``bench/_stub_backend.py``) that record what they receive, over a local-directory store, (c) a stub that
+speaks as LoRAX 0.12.1 does (``lorax_stub.py``), over a local-directory store, and (d) two gateway replicas on
+one real ``redis-server`` (``tests/redis_server.py``) in front of one stub."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 from gateway_support import ADMIN_KEY, REPO_ROOT, Deployment, ExampleUser, load_users, publish, start_stub
 from lorax_stub import start_lorax_stub
 from processes import MOTO_ENV, ServiceProcess, start_service
+from redis_server import RedisServer
+from replicas_support import Replicas
 
 from soppu.auth import KeyRing, Role
 from soppu.store import LocalStore, S3Store
@@ -147,3 +150,63 @@ def lorax_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployme
     finally:
         gateway.stop()
         stub.stop()
+
+
+def _redis(log: Path, password: str | None = None) -> RedisServer:
+    """A started redis-server; without one the test fails (never skips), saying how to install it."""
+    try:
+        return RedisServer(log, password).start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh, empty redis-server of the test's own."""
+    server = _redis(tmp_path / "redis.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
+    """Two gateways sharing one Redis (password-protected: its URL is a secret) in front of one stub backend, on
+    a local-directory store where u00-u07 have a ``default`` adapter at version 1. Request burst 5 and token
+    burst 50 per user, refilling too slowly to matter during the tests; resolutions and keys are cached for 60 s,
+    so only an invalidation makes a replica read them again."""
+    logs = tmp_path_factory.mktemp("replicas")
+    redis = _redis(logs / "redis.log", password=f"pw-{uuid.uuid4().hex}")
+    store, ring, keys = _published_users(logs / "store", 8)
+    env = {
+        "SOPPU_GATEWAY_REDIS_URL": redis.url,
+        "SOPPU_GATEWAY_REDIS_RETRY_S": "0.2",
+        "SOPPU_GATEWAY_REDIS_TIMEOUT_S": "2",  # a loaded test box is slow, not down
+        "SOPPU_GATEWAY_USER_REQUESTS_PER_S": "0.001",
+        "SOPPU_GATEWAY_USER_REQUEST_BURST": "5",
+        "SOPPU_GATEWAY_USER_TOKENS_PER_S": "0.001",
+        "SOPPU_GATEWAY_USER_TOKEN_BURST": "50",
+        "SOPPU_GATEWAY_DEFAULT_MAX_NEW_TOKENS": "4",
+        "SOPPU_GATEWAY_RESOLUTION_TTL_S": "60",
+        "SOPPU_GATEWAY_KEY_CACHE_TTL_S": "60",
+    }
+    started: list[ServiceProcess] = []
+    try:
+        started.append(start_stub(logs / "stub.log"))
+        backends = [{"url": started[0].url, "kind": "engine"}]
+        for name in ("a", "b"):
+            started.append(_gateway(logs / f"gateway-{name}.log", str(store.root), backends, env))
+    except BaseException:
+        for process in started:
+            process.stop()
+        redis.stop()
+        raise
+    service_key = ring.issue(Role.SERVICE)[0]
+    gateways = [Deployment(g.url, store, keys, service_key, g, started[:1]) for g in started[1:]]
+    try:
+        yield Replicas(redis, gateways, started[:1])
+    finally:
+        for process in reversed(started):
+            process.stop()
+        redis.stop()
