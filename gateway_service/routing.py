@@ -13,6 +13,12 @@ engine answer without touching the model; only a backend without it (404, 405) i
 a longer timeout: LoRAX 0.12.1's ``/health`` runs a one-token generation through its batching queue and answers
 500 on an overload (router/src/server.rs:464-566), so a busy LoRAX would look down. A backend's ``model_id``
 (from ``/info``) is learned on its first good check: the OpenAI routes name the base model by it.
+
+A configured backend with ``"discover": "dns"`` stands for every address its host resolves to (all A/AAAA
+records: a Kubernetes headless Service lists one per ready pod), each one backend with the same scheme, port and
+kind. The names are resolved before the first round and again at the start of every health-check round; when the
+set changes the ring is rebuilt (backends that stay keep their health, in-flight count and model id), so a new
+replica needs no configuration and each adapter still has one home. A failed lookup keeps the last answer.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ import bisect
 import hashlib
 import logging
 import math
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from .errors import NoBackend
 from .settings import BackendConfig, BackendKind
 
-__all__ = ["Backend", "BackendPool", "HashRing"]
+__all__ = ["Backend", "BackendPool", "HashRing", "Resolve", "resolve_host"]
 
 _log = logging.getLogger(__name__)
 
@@ -57,7 +66,7 @@ class HashRing:
         points = sorted((_hash(f"{b.url}#{i}"), n) for n, b in enumerate(backends) for i in range(virtual_nodes))
         self._hashes = [h for h, _ in points]
         self._owners = [n for _, n in points]
-        self._backends = backends
+        self._backends = list(backends)
 
     def walk(self, key: str) -> list[Backend]:
         """Every backend once, in ring order from ``key``'s position."""
@@ -73,13 +82,85 @@ class HashRing:
         return [self._backends[n] for n in seen]
 
 
+Resolve = Callable[[str], Awaitable[list[str]]]  # host -> its addresses
+
+
+async def resolve_host(host: str) -> list[str]:
+    """Every address of ``host`` (A and AAAA), through the system's resolver."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def _at(url: str, address: str) -> str:
+    """``url`` with its host replaced by ``address`` (an IPv6 one in brackets), port and path kept."""
+    parts = urlsplit(url)
+    netloc = f"[{address}]" if ":" in address else address
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 class BackendPool:
-    def __init__(self, configs: list[BackendConfig], virtual_nodes: int, load_factor: float) -> None:
-        self.backends = [Backend(c.url, c.kind) for c in configs]
-        self._ring = HashRing(self.backends, virtual_nodes)
+    def __init__(
+        self,
+        configs: list[BackendConfig],
+        virtual_nodes: int,
+        load_factor: float,
+        resolve: Resolve = resolve_host,
+    ) -> None:
+        self._configs = configs
+        self._virtual_nodes = virtual_nodes
+        self._resolve = resolve
+        self._found: dict[int, list[str]] = {}  # per DNS entry (index in configs): its last good answer, as URLs
+        # One list object for the pool's life (the metrics read it at scrape time); discovery changes it in place.
+        self.backends: list[Backend] = []
         self._load_factor = load_factor
         # Ring walks depend only on the key: remember them (bounded; adapters are few next to requests).
         self._walks: dict[str, list[Backend]] = {}
+        self._ring = HashRing([], virtual_nodes)
+        self._rebuild()
+
+    def _rebuild(self) -> bool:
+        """Make the backends those configured and found; True if the set changed."""
+        wanted: dict[str, BackendKind] = {}
+        for n, config in enumerate(self._configs):
+            urls = self._found.get(n, []) if config.discover == "dns" else [config.url]
+            for url in urls:
+                wanted.setdefault(url, config.kind)
+        if [b.url for b in self.backends] == list(wanted):
+            return False
+        kept = {b.url: b for b in self.backends}
+        self.backends[:] = [kept.get(url) or Backend(url, kind) for url, kind in wanted.items()]
+        self._ring = HashRing(self.backends, self._virtual_nodes)
+        self._walks.clear()
+        return True
+
+    async def discover(self) -> bool:
+        """Resolve the ``discover: dns`` entries again; True if the backends changed (the ring is then rebuilt)."""
+        entries = [(n, c) for n, c in enumerate(self._configs) if c.discover == "dns"]
+        if not entries:
+            return False
+        answers = await asyncio.gather(*(self._lookup(c.url) for _, c in entries))
+        for (n, _), urls in zip(entries, answers, strict=True):
+            if urls is not None:
+                self._found[n] = urls
+        before = [b.url for b in self.backends]
+        if not self._rebuild():
+            return False
+        _log.info("backends found through DNS changed: %s -> %s", before, [b.url for b in self.backends])
+        return True
+
+    async def _lookup(self, url: str) -> list[str] | None:
+        host = urlsplit(url).hostname or ""
+        try:
+            addresses = await self._resolve(host)
+        except OSError as e:  # socket.gaierror included
+            _log.warning("cannot resolve %s (%s); keeping its last answer", host, e)
+            return None
+        if not addresses:
+            _log.warning("%s resolved to no address; keeping its last answer", host)
+            return None
+        return [_at(url, a) for a in sorted(set(addresses))]  # DNS rotates its answers: the order means nothing
 
     def healthy(self) -> list[Backend]:
         return [b for b in self.backends if b.healthy]
@@ -128,6 +209,8 @@ class BackendPool:
             backend.mark_down(why)
 
     async def check_all(self, client: httpx.AsyncClient, timeout_s: float, fallback_timeout_s: float) -> None:
+        """One round: look the DNS entries up again, then check every backend."""
+        await self.discover()
         await asyncio.gather(*(self.check(client, b, timeout_s, fallback_timeout_s) for b in self.backends))
 
     async def watch(

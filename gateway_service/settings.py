@@ -30,6 +30,11 @@ class BackendKind(StrEnum):
 class BackendConfig(BaseModel):
     url: str = Field(description="base URL, e.g. http://127.0.0.1:8082")
     kind: BackendKind = BackendKind.ENGINE
+    discover: Literal["dns"] | None = Field(
+        None,
+        description="dns: the URL's host names many backends (a Kubernetes headless Service); each of its addresses "
+        "is one backend with the same scheme, port and kind, looked up again on every health-check round",
+    )
 
     @field_validator("url")
     @classmethod

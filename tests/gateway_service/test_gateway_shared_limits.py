@@ -168,11 +168,12 @@ def test_an_outage_falls_back_to_local_buckets_and_recovers(tmp_path: Path, capl
     assert "failed" in caplog.text and "answers again" in caplog.text
 
 
-def test_the_redis_url_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_redis_url_is_a_secret_and_backends_may_be_discovered(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOPPU_GATEWAY_REDIS_URL", "redis://:pw-settings-5e1d@10.0.0.1:6379/0")
+    monkeypatch.setenv("SOPPU_GATEWAY_BACKENDS", '[{"url": "http://engines:8082", "discover": "dns"}]')
     settings = GatewaySettings()
     assert "pw-settings-5e1d" not in repr(settings) and settings.redis_url.get_secret_value().endswith("/0")
-    assert where(settings.redis_url.get_secret_value()) == "10.0.0.1:6379"
+    assert settings.backends[0].discover == "dns" and where(settings.redis_url.get_secret_value()) == "10.0.0.1:6379"
     monkeypatch.setenv("SOPPU_GATEWAY_REDIS_URL", "http://:pw-settings-5e1d@10.0.0.1")
     with pytest.raises(ValueError, match="redis://") as refused:
         GatewaySettings()
