@@ -73,7 +73,9 @@ async def _build(settings: CompressorSettings) -> Runtime:
     admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
     gate = await asyncio.to_thread(build_gate, settings)
     pipeline = Pipeline(store, build_policy(settings), gate, lease_ttl_s=settings.lease_ttl_s)
-    runner = JobRunner(pipeline, settings.workers, settings.queue_size, retry_s=settings.job_retry_s)
+    runner = JobRunner(
+        pipeline, settings.workers, settings.queue_size, retry_s=settings.job_retry_s, reclaim_s=settings.job_reclaim_s
+    )
     notifier = GatewayNotifier(
         settings.gateway_urls, settings.admin_key, settings.notify_timeout_s, settings.redis_url.get_secret_value()
     )

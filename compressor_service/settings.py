@@ -120,6 +120,11 @@ class CompressorSettings(BaseSettings):
         gt=0,
         description="how long a replica's lock on a user or cohort outlives it: renewed while held, taken over after",
     )
+    job_reclaim_s: float | None = Field(
+        None,
+        gt=0,
+        description="how often a replica looks for pending jobs nobody holds, a dead one's say (default: lease_ttl_s)",
+    )
     job_retry_s: float = Field(
         1.0, ge=0.01, le=60, description="first wait before a job the store interrupted runs again (doubling to 60 s)"
     )

@@ -115,3 +115,43 @@ def test_a_live_holder_keeps_its_lease_past_its_time_to_live(tmp_path: Path) -> 
     for thread in threads:
         thread.join(timeout=60)
     assert events == ["first released", "second acquired"]
+
+
+def test_a_claim_is_taken_only_when_no_live_holder_has_it(store: ObjectStore) -> None:
+    # Job claims: a replica queues a job only if it claimed it; the others leave it alone while the claim lives.
+    first, second = Leases(store, ttl_s=0.3), Leases(store, ttl_s=0.3)
+    claim = first.claim("job:alice/default/1")
+    assert claim is not None
+    time.sleep(1.0)  # three times the time to live: the heartbeat keeps the claim alive
+    assert second.claim("job:alice/default/1") is None
+    assert not claim.lost
+    claim.release()
+    again = second.claim("job:alice/default/1")
+    assert again is not None
+    again.release()
+    assert not list(store.list(f"{LEASES}/"))
+
+
+def test_a_claim_of_a_holder_killed_with_minus_9_is_taken_once_it_expires(tmp_path: Path) -> None:
+    store, held = LocalStore(tmp_path / "store"), tmp_path / "held"
+    claimer = "import pathlib, sys, time\n" + (
+        "from soppu.registry.leases import Leases\nfrom soppu.store import open_store\n"
+        "claim = Leases(open_store(sys.argv[1]), ttl_s=1.0).claim('job:alice/default/1')\n"
+        "assert claim is not None\npathlib.Path(sys.argv[2]).touch()\ntime.sleep(3600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", claimer, str(store.root), str(held)])
+    try:
+        while not held.exists() and holder.poll() is None:
+            time.sleep(0.01)
+        assert holder.poll() is None, "the claimer did not start"
+        leases = Leases(store, ttl_s=1.0)
+        assert leases.claim("job:alice/default/1") is None  # alive: its claim holds
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+    deadline = time.monotonic() + 60  # a guard against a hang, not a speed check
+    while (claim := leases.claim("job:alice/default/1")) is None:
+        assert time.monotonic() < deadline, "the claim of a killed holder was never taken"
+        time.sleep(0.1)
+    claim.release()
