@@ -67,7 +67,7 @@ $(LORAX_LIBS)/.installed: Makefile | $(VENV)/.installed
 
 # Two workers, a test file each at a time (a file's fixtures start its processes once): the suite is mostly
 # waiting on the processes it starts, so it runs in about two thirds of the time on 2 cores.
-test: install lorax-libs
+test: install lorax-libs system-deps
 	$(PY) -m pytest -n 2 --dist loadfile
 
 # Rewrite constraints.txt from what is installed now (after changing a dependency in pyproject.toml).
