@@ -4,7 +4,8 @@ the upstream connection pool (one ``httpx.AsyncClient``) and the health checker,
 Every error answers with LoRAX's body ``{"error": str, "error_type": str}`` (see :mod:`gateway_service.errors`
 for the codes); FastAPI's own request validation answers 422 ``validation`` like the backends do. The request
 body's size cap and deadline (413, 408) are enforced in front of every route by
-:class:`soppu.protocol.request_body.BodyGuard`.
+:class:`soppu.protocol.request_body.BodyGuard`; inside it, the generation routes are served by their fast lane
+(:mod:`gateway_service.lane`), the rest by FastAPI's router.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from importlib.metadata import version
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from soppu.protocol.request_body import BodyGuard
@@ -28,6 +29,7 @@ from soppu.store.factory import open_store
 
 from .edge import EdgeMiddleware
 from .errors import GatewayError, RequestTimeout, RequestTooLarge
+from .lane import FastLane, error_response, lanes
 from .metrics import GatewayMetrics
 from .routes import lorax, openai, ops
 from .service import Gateway
@@ -48,9 +50,9 @@ def _refuse_body(status: int, message: str) -> bytes:
     return json.dumps(_BODY_REFUSALS[status](message).body()).encode()
 
 
-async def _on_gateway_error(_: Request, e: Exception) -> JSONResponse:
+async def _on_gateway_error(_: Request, e: Exception) -> Response:
     assert isinstance(e, GatewayError)
-    return _error(e.status, e.message, e.error_type, e.headers)
+    return error_response(e)
 
 
 async def _on_request_invalid(_: Request, e: Exception) -> JSONResponse:
@@ -118,6 +120,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.include_router(module.router)
     routes = frozenset(getattr(route, "path", "") for m in (lorax, openai, ops) for route in m.router.routes)
     limit = settings.max_body_bytes
+    # Innermost: the generation routes' fast lane, in front of FastAPI's router (see gateway_service.lane).
+    app.add_middleware(
+        FastLane, lanes=lanes([*lorax.router.routes, *openai.router.routes]), gateway=lambda: app.state.gateway
+    )
     app.add_middleware(BodyGuard, timeout_s=settings.body_timeout_s, refuse=_refuse_body, max_bytes=lambda _: limit)
     app.add_middleware(EdgeMiddleware, metrics=metrics, routes=routes)  # added last: the outermost
     return app

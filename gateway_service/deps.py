@@ -2,13 +2,16 @@
 :func:`gateway_service.app.create_app`, never a module global) and the authenticated :class:`Call`.
 
 A key is read from ``Authorization: Bearer <key>`` or, failing that, ``X-API-Key``; both are declared as
-security schemes so the OpenAPI schema shows them.
+security schemes so the OpenAPI schema shows them. :func:`presented_key` and :func:`make_call` are the same
+readings without FastAPI's dependency machinery, for the generation routes' fast lane
+(:mod:`gateway_service.lane`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -18,7 +21,7 @@ from soppu.auth import Principal
 from .errors import Forbidden, NoBackend, Unauthorized
 from .service import Call, Gateway
 
-__all__ = ["AdminDep", "CallDep", "GatewayDep", "get_call", "get_gateway"]
+__all__ = ["AdminDep", "CallDep", "GatewayDep", "get_call", "get_gateway", "make_call", "presented_key"]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer sk-soppu-...`")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key, as a header of its own")
@@ -47,22 +50,38 @@ async def get_principal(
     return principal
 
 
-def _upstream_headers(request: Request) -> dict[str, str]:
+def presented_key(authorization: str | None, api_key: str | None) -> str | None:
+    """The key a request presents: ``Authorization: Bearer <key>`` (read as :class:`HTTPBearer` reads it: any
+    case of ``bearer``, the key stripped), else ``X-API-Key``; None when neither is there."""
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        credentials = credentials.strip()
+        if scheme and credentials and scheme.lower() == "bearer":
+            return credentials
+    return api_key or None
+
+
+def upstream_headers(request_id: str, traceparent: str | None, tracestate: str | None) -> dict[str, str]:
     """Everything a backend is told besides the body: nothing of the client's but trace context."""
-    headers = {"content-type": "application/json", "x-request-id": request.state.request_id}
-    traceparent = request.headers.get("traceparent", "")
-    if _TRACEPARENT.fullmatch(traceparent):
+    headers = {"content-type": "application/json", "x-request-id": request_id}
+    if traceparent and _TRACEPARENT.fullmatch(traceparent):
         headers["traceparent"] = traceparent
-        tracestate = request.headers.get("tracestate")
         if tracestate and len(tracestate) <= 512:
             headers["tracestate"] = tracestate
     return headers
 
 
+def make_call(gateway: Gateway, principal: Principal, state: dict[str, Any], headers: Mapping[str, str]) -> Call:
+    """The :class:`Call` of a request whose ASGI ``state`` the edge filled in; ``headers``: the client's
+    ``traceparent`` and ``tracestate``, if sent."""
+    forwarded = upstream_headers(state["request_id"], headers.get("traceparent"), headers.get("tracestate"))
+    return Call(gateway, principal, state, forwarded)
+
+
 async def get_call(
     request: Request, gateway: GatewayDep, principal: Annotated[Principal, Depends(get_principal)]
 ) -> Call:
-    return Call(gateway, principal, request.scope["state"], _upstream_headers(request))
+    return make_call(gateway, principal, request.scope["state"], request.headers)
 
 
 CallDep = Annotated[Call, Depends(get_call)]
