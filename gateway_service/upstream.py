@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -33,6 +33,7 @@ from .errors import NoBackend, Overloaded, UpstreamTimeout
 from .metrics import GatewayMetrics
 from .routing import Backend
 from .sse import event_data, split_events
+from .transport import StreamTransport
 
 __all__ = ["Reply", "StreamReply", "Upstream"]
 
@@ -46,7 +47,7 @@ _DOWN = (httpx.ConnectError, httpx.ConnectTimeout)  # the backend is not there a
 class Reply:
     backend: Backend
     status: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]  # looked up by lowercase name
     content: bytes
 
 
@@ -103,18 +104,38 @@ class Upstream:
         metrics: GatewayMetrics,
     ) -> None:
         self._transport = transport
-        self._extensions = {"timeout": timeout.as_dict()}
+        self._timeouts = timeout.as_dict()
+        self._extensions = {"timeout": self._timeouts}
+        # The gateway's own transport answers JSON requests without httpx's request and response objects.
+        self._fetch = transport.fetch if isinstance(transport, StreamTransport) else None
         self._retries = retries
         self._backoff_s = backoff_s
         self._metrics = metrics
         self._urls: dict[str, httpx.URL] = {}  # parsed once: a backend's few routes
 
-    def _request(self, backend: Backend, path: str, body: bytes, headers: dict[str, str]) -> httpx.Request:
+    def _url(self, backend: Backend, path: str) -> httpx.URL:
         target = backend.url + path
         url = self._urls.get(target)
         if url is None:
             url = self._urls[target] = httpx.URL(target)
-        return httpx.Request("POST", url, content=body, headers=headers, extensions=self._extensions)
+        return url
+
+    def _request(self, backend: Backend, path: str, body: bytes, headers: dict[str, str]) -> httpx.Request:
+        return httpx.Request(
+            "POST", self._url(backend, path), content=body, headers=headers, extensions=self._extensions
+        )
+
+    async def _exchange(
+        self, backend: Backend, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One JSON request to ``backend``, its answer read in full."""
+        if self._fetch is not None:
+            return await self._fetch(self._url(backend, path), headers, body, self._timeouts)
+        r = await self._transport.handle_async_request(self._request(backend, path, body, headers))
+        try:
+            return r.status_code, r.headers, await r.aread()
+        finally:
+            await r.aclose()
 
     async def _pause(self, retry: int) -> None:
         if self._backoff_s > 0:  # jittered, so retries of many clients do not arrive together
@@ -127,8 +148,7 @@ class Upstream:
             attempt += 1
             backend.in_flight += 1
             try:
-                r = await self._transport.handle_async_request(self._request(backend, path, body_for(backend), headers))
-                content = await r.aread()
+                status, answer_headers, content = await self._exchange(backend, path, body_for(backend), headers)
             except _RETRYABLE as e:
                 if isinstance(e, _DOWN):
                     backend.mark_down(f"{type(e).__name__}: {e}")
@@ -146,10 +166,10 @@ class Upstream:
                 raise _timeout_error(backend, e) from e
             finally:
                 backend.in_flight -= 1
-            if r.status_code == 429 and await self._retry_overloaded(retries_used):
+            if status == 429 and await self._retry_overloaded(retries_used):
                 retries_used += 1
                 continue
-            return Reply(backend, r.status_code, r.headers, content)
+            return Reply(backend, status, answer_headers, content)
 
     async def _retry_overloaded(self, retries_used: int) -> bool:
         """Whether a 429 is tried again (on the plan's next backend, after the backoff): while the budget lasts."""

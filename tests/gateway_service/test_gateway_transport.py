@@ -184,3 +184,40 @@ def _refusing_url() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_fetch_reads_every_framing_reuses_connections_and_raises_httpx_exceptions() -> None:
+    """``fetch`` (the gateway's JSON requests, without httpx's objects) answers as ``handle_async_request``."""
+    timeouts = httpx.Timeout(0.5).as_dict()
+
+    async def reply(writer: asyncio.StreamWriter, n: int) -> bool:
+        if n in (1, 4):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello")
+        elif n == 2:
+            writer.write(b"HTTP/1.1 429 Too Many\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        elif n == 3:
+            writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
+            return False
+        else:
+            await asyncio.sleep(1.0)  # slower than the read timeout
+        return True
+
+    async def scenario(url: str, connections: list[int]) -> None:
+        transport = StreamTransport()
+        headers = {"content-type": "application/json", "x-request-id": "r1"}
+        assert await transport.fetch(httpx.URL(url + "/x"), headers, b"{}", timeouts) == (
+            200, {"content-length": "5", "x-a": "1, 2"}, b"hello"
+        )  # fmt: skip
+        assert await transport.fetch(httpx.URL(url + "/x"), headers, b"{}", timeouts) == (
+            429, {"transfer-encoding": "chunked"}, b"abc"
+        )  # fmt: skip
+        assert (await transport.fetch(httpx.URL(url + "/x"), headers, b"{}", timeouts))[2] == b"all of it"
+        assert (await transport.fetch(httpx.URL(url + "/x"), headers, b"{}", timeouts))[2] == b"hello"
+        with pytest.raises(httpx.ReadTimeout):
+            await transport.fetch(httpx.URL(url + "/x"), headers, b"{}", timeouts)
+        with pytest.raises(httpx.LocalProtocolError):
+            await transport.fetch(httpx.URL(url + "/x"), {"tracestate": "a\r\nx-injected: 1"}, b"{}", timeouts)
+        await transport.aclose()
+        assert connections == [3, 2]  # reused until the server closed it; the timed-out one dropped after
+
+    _run(reply, scenario)
