@@ -31,15 +31,17 @@ class EdgeMiddleware:
         self.app = app
         self.metrics = metrics
         self.routes = routes  # metric labels only for known paths: a scanner's paths must not mint series
+        # The labelled series, looked up once each (prometheus_client's ``labels`` takes a lock per call).
+        self._counted: dict[tuple[str, int, str], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = dict(scope["headers"])
-        given = headers.get(b"x-request-id", b"")
-        request_id = given.decode() if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        given = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"")
+        request_id = given.decode() if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         path = scope["path"]
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"], state["started"] = request_id, started
@@ -62,8 +64,14 @@ class EdgeMiddleware:
     def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
         route = state["route"]
         backend = state.get("backend", "none")
-        self.metrics.requests.labels(route=route, status=str(status), backend=backend).inc()
-        self.metrics.latency.labels(route=route).observe(seconds)
+        counted = self._counted.get((route, status, backend))
+        if counted is None:
+            counted = self._counted[route, status, backend] = self.metrics.requests.labels(route, str(status), backend)
+        counted.inc()
+        timed = self._timed.get(route)
+        if timed is None:
+            timed = self._timed[route] = self.metrics.latency.labels(route)
+        timed.observe(seconds)
         if route not in ("/healthz", "/readyz", "/metrics"):
             _log.info(
                 "%s %s %s %d %.1fms backend=%s user=%s",
