@@ -7,12 +7,20 @@ source already resolved), the gateway path sends a user's request with its API k
 directory holding one published user and a user key, as the compressor would leave it. The load generator is
 a minimal keep-alive HTTP/1.1 client (one connection per concurrent client), so it costs the CPU little.
 
-    python bench/gateway.py                       # concurrency 1, 64, 256; 3 rounds of 2 s per path
+    python bench/gateway.py                       # 1 and 2 gateway processes; concurrency 1, 64, 256; 3 x 2 s
+    python bench/gateway.py --gateway-workers 1,2,4
     python bench/gateway.py --backend-delay-ms 20 # a backend that takes 20 ms per request
     python bench/gateway.py --quick               # smoke run (the test suite's)
 
+Each gateway size (``python -m gateway_service --workers N``: N processes on one port) is measured against the
+direct path in its own alternating rounds. Besides requests/s and latency, the CPU time the gateway's processes,
+the stub and the load generator spend per completed request is read from ``/proc`` (Linux; null elsewhere):
+the gateway's CPU per request gives its requests/s per core, a figure that does not depend on how many cores the
+machine has left over for it.
+
 Targets (on 2 cores): added latency <= 1 ms at p50 and <= 5 ms at p99; gateway throughput >= 90% of direct.
-All three processes (load generator, gateway, stub) share the machine's cores, as they would on one host.
+All three processes (load generator, gateway, stub) share the machine's cores, as they would on one host: on
+2 cores, gateway workers beyond one compete with the stub and the load generator for the same cores.
 """
 
 from __future__ import annotations
@@ -50,6 +58,44 @@ def _start(name: str, command: list[str], ready_url: str, env: dict[str, str], l
     service.start(logs)
     service.wait_healthy(60)
     return service
+
+
+def _wait_workers(service: Service, workers: int, timeout_s: float = 60) -> None:
+    """Until each of ``workers`` processes has logged uvicorn's startup line (one answering is not all up)."""
+    deadline = time.monotonic() + timeout_s
+    assert service.log is not None
+    while service.log.read_text(errors="replace").count("Application startup complete") < workers:
+        if time.monotonic() > deadline or not service.alive():
+            raise RuntimeError(f"{service.name}: {workers} workers did not start; its log:\n{service.tail()}")
+        time.sleep(0.2)
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a uvicorn supervisor and its workers), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += parents.get(found[-1], [])
+    return found
+
+
+def _cpu_s(pids: list[int]) -> float | None:
+    """User + system CPU seconds of ``pids`` so far; None where /proc cannot tell."""
+    total = 0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _publish(root: Path) -> tuple[str, str]:
@@ -101,29 +147,57 @@ async def _round(port: int, request: bytes, concurrency: int, seconds: float) ->
     return {"latencies": latencies, "errors": len(errors), "rps": len(latencies) / elapsed}
 
 
+def _timed_round(
+    port: int, request: bytes, concurrency: int, seconds: float, processes: dict[str, list[int]]
+) -> dict[str, Any]:
+    """A round, with the CPU seconds each group of ``processes`` (and the load generator) spent in it."""
+    before = {name: _cpu_s(pids) for name, pids in processes.items()}
+    own = time.process_time()
+    result = asyncio.run(_round(port, request, concurrency, seconds))
+    result["cpu_s"] = {"load_generator": time.process_time() - own}
+    for name, pids in processes.items():
+        now, then = _cpu_s(pids), before[name]
+        result["cpu_s"][name] = None if now is None or then is None else now - then
+    return result
+
+
 def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     samples = [s for r in rounds for s in r["latencies"]]
-    return {
+    summary = {
         "requests": len(samples),
         "errors": sum(r["errors"] for r in rounds),
         "p50_ms": round(percentile(samples, 0.5) * 1e3, 3),
         "p99_ms": round(percentile(samples, 0.99) * 1e3, 3),
         "rps": round(statistics.median(r["rps"] for r in rounds), 1),
     }
+    cpu: dict[str, float | None] = {}
+    for name in rounds[0]["cpu_s"]:
+        spent = [r["cpu_s"][name] for r in rounds]
+        cpu[name] = None if None in spent or not samples else round(sum(spent) / len(samples) * 1e3, 4)
+    summary["cpu_ms_per_request"] = cpu
+    return summary
 
 
-def _measure(ports: dict[str, int], requests: dict[str, bytes], args: argparse.Namespace) -> list[dict[str, Any]]:
+def _measure(
+    ports: dict[str, int],
+    requests: dict[str, bytes],
+    processes: dict[str, list[int]],
+    workers: int,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
     results = []
     for concurrency in args.concurrency:
         rounds: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
         for i in range(args.rounds + 1):  # the first round warms connections, caches and the JIT-less paths
             for path in PATHS:
                 seconds = args.warmup_seconds if i == 0 else args.seconds
-                result = asyncio.run(_round(ports[path], requests[path], concurrency, seconds))
+                result = _timed_round(ports[path], requests[path], concurrency, seconds, processes)
                 if i:
                     rounds[path].append(result)
         direct, gateway = _summary(rounds["direct"]), _summary(rounds["gateway"])
+        gateway_cpu = gateway["cpu_ms_per_request"]["gateway"]
         entry = {
+            "gateway_workers": workers,
             "concurrency": concurrency,
             "direct": direct,
             "gateway": gateway,
@@ -131,10 +205,33 @@ def _measure(ports: dict[str, int], requests: dict[str, bytes], args: argparse.N
             "added_p99_ms": round(gateway["p99_ms"] - direct["p99_ms"], 3),
             "throughput_ratio": round(gateway["rps"] / direct["rps"], 3),
             "ratio_median": round(gateway["p50_ms"] / direct["p50_ms"], 3),
+            "gateway_rps_per_process": round(gateway["rps"] / workers, 1),
+            "gateway_rps_per_core": round(1e3 / gateway_cpu, 1) if gateway_cpu else None,
         }
         print(json.dumps(entry), file=sys.stderr)
         results.append(entry)
     return results
+
+
+def _side_by_side(results: list[dict[str, Any]]) -> None:
+    print("workers conc | direct req/s | gateway req/s (per process) | ratio | added p50 / p99 ms | "
+          "gateway CPU ms/req (req/s per core) | stub CPU ms/req", file=sys.stderr)  # fmt: skip
+    for e in results:
+        g, d = e["gateway"], e["direct"]
+        cpu, stub = g["cpu_ms_per_request"]["gateway"], d["cpu_ms_per_request"]["stub"]
+        print(
+            f"{e['gateway_workers']:>7} {e['concurrency']:>4} | {d['rps']:>12,.0f} | {g['rps']:>8,.0f} "
+            f"({e['gateway_rps_per_process']:>8,.0f}) | {e['throughput_ratio']:.3f} | "
+            f"{e['added_p50_ms']:.3f} / {e['added_p99_ms']:.3f} | {cpu} ({e['gateway_rps_per_core']}) | {stub}",
+            file=sys.stderr,
+        )
+
+
+def _workers(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of process counts >= 1, got {text!r}")
+    return counts
 
 
 def main() -> None:
@@ -145,14 +242,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--backend-delay-ms", type=float, default=0.0, help="the stub's time per request")
+    parser.add_argument(
+        "--gateway-workers", type=_workers, default=[1, 2], help="gateway process counts to measure, e.g. 1,2"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     args = parser.parse_args()
     if args.quick:
         args.concurrency, args.seconds, args.warmup_seconds, args.rounds = [1, 8], 0.3, 0.1, 1
     started = time.perf_counter()
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         key, adapter_id = _publish(Path(tmp) / "store")
-        stub_port, gateway_port = free_port(), free_port()
+        stub_port = free_port()
         stub_cmd = [sys.executable, str(_ROOT / "bench" / "_stub_backend.py"), "--port", str(stub_port)]
         stub_cmd += ["--delay-ms", str(args.backend_delay_ms)]
         gateway_env = {
@@ -163,32 +264,38 @@ def main() -> None:
             "SOPPU_GATEWAY_USER_MAX_IN_FLIGHT": "0",
             "SOPPU_GATEWAY_MAX_CONCURRENT_REQUESTS": str(4 * max(args.concurrency)),
         }
-        gateway_cmd = [sys.executable, "-m", "gateway_service", "--port", str(gateway_port)]
         stub = _start("stub", stub_cmd, f"http://127.0.0.1:{stub_port}/health", {}, Path(tmp))
-        gateway = _start("gateway", gateway_cmd, f"http://127.0.0.1:{gateway_port}/readyz", gateway_env, Path(tmp))
         try:
             params = {"max_new_tokens": args.max_new_tokens}
-            requests = {
-                "direct": _request(
-                    stub_port,
-                    "/generate",
-                    {
-                        "inputs": "My pet is a",
-                        "parameters": {**params, "adapter_id": adapter_id, "adapter_source": "local"},
-                    },
-                    {},
-                ),
-                "gateway": _request(
-                    gateway_port,
-                    "/generate",
-                    {"inputs": "My pet is a", "parameters": params},
-                    {"authorization": f"Bearer {key}"},
-                ),
-            }
-            results = _measure({"direct": stub_port, "gateway": gateway_port}, requests, args)
+            direct_body = {"inputs": "My pet is a", "parameters": {**params, "adapter_id": adapter_id}}
+            direct_body["parameters"]["adapter_source"] = "local"
+            direct = _request(stub_port, "/generate", direct_body, {})
+            for workers in args.gateway_workers:
+                gateway_port = free_port()
+                gateway_cmd = [sys.executable, "-m", "gateway_service", "--port", str(gateway_port)]
+                gateway_cmd += ["--workers", str(workers)] if workers > 1 else []
+                ready = f"http://127.0.0.1:{gateway_port}/readyz"
+                gateway = _start(f"gateway-{workers}", gateway_cmd, ready, gateway_env, Path(tmp))
+                try:
+                    _wait_workers(gateway, workers)
+                    assert gateway.proc is not None and stub.proc is not None
+                    processes = {"gateway": _tree(gateway.proc.pid), "stub": [stub.proc.pid]}
+                    requests = {
+                        "direct": direct,
+                        "gateway": _request(
+                            gateway_port,
+                            "/generate",
+                            {"inputs": "My pet is a", "parameters": params},
+                            {"authorization": f"Bearer {key}"},
+                        ),
+                    }
+                    ports = {"direct": stub_port, "gateway": gateway_port}
+                    results += _measure(ports, requests, processes, workers, args)
+                finally:
+                    gateway.stop()
         finally:
-            gateway.stop()
             stub.stop()
+    _side_by_side(results)
     config = {k: v for k, v in vars(args).items()}
     notes = {
         "added_p50_ms": "gateway p50 - direct p50; target <= 1 ms",
@@ -196,6 +303,12 @@ def main() -> None:
         "throughput_ratio": "gateway requests/s / direct requests/s; target >= 0.9",
         "rps": "completed requests per second, median over rounds",
         "ratio_median": "gateway p50 / direct p50",
+        "gateway_workers": "gateway processes on the one port (python -m gateway_service --workers N)",
+        "gateway_rps_per_process": "gateway requests/s / gateway_workers",
+        "cpu_ms_per_request": "CPU ms (user + system, from /proc) per completed request in that path's rounds: "
+        "gateway = all its processes, stub, load_generator = this script",
+        "gateway_rps_per_core": "1000 / the gateway's CPU ms per request: what one fully busy core relays",
+        "machine_note": f"{os.cpu_count()} CPUs shared by the load generator, the stub and the gateway's processes",
     }
     emit_report("gateway", config, notes, {"results": results}, started)
 

@@ -1,11 +1,22 @@
-"""``python -m gateway_service``: serve the gateway with uvicorn. Flags override ``SOPPU_GATEWAY_*`` settings."""
+"""``python -m gateway_service``: serve the gateway with uvicorn. Flags override ``SOPPU_GATEWAY_*`` settings.
+
+``--workers N`` runs N gateway processes on the one port (uvicorn's supervisor binds it and the kernel hands
+each connection to one of them): one process is one core's worth of relaying. Each process keeps its own key
+and resolution caches, upstream connections and in-flight caps; per-user rate limits are per process too unless
+they are kept in Redis (``SOPPU_GATEWAY_REDIS_URL``). The workers are started by name
+(:func:`worker_app`), so the launch's flags reach them through the environment (``SOPPU_GATEWAY_LAUNCH``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from .app import create_app
 from .settings import BackendConfig, BackendKind, GatewaySettings
@@ -48,7 +59,31 @@ def _parser() -> argparse.ArgumentParser:
         help="a user without a `default` adapter gets the base model or 404 (default 404)",
     )
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port (default 1); each keeps its own caches and in-flight caps, and "
+        "its own per-user limits unless SOPPU_GATEWAY_REDIS_URL shares them",
+    )
     return parser
+
+
+_LAUNCH_ENV = "SOPPU_GATEWAY_LAUNCH"  # the flags and log level, for worker processes
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every upstream request at INFO: our access line already says which backend answered.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (``--workers N``): the launch's settings flags and log level come from the
+    environment the supervisor passed on."""
+    launch = json.loads(os.environ.get(_LAUNCH_ENV, "{}"))
+    _configure_logging(launch.get("log_level", "info"))
+    return create_app(GatewaySettings(**launch.get("flags", {})))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,21 +96,28 @@ def main(argv: list[str] | None = None) -> None:
         "no_adapter": args.no_adapter,
     }
     # Init arguments take precedence over the environment in pydantic-settings.
-    settings = GatewaySettings(**{name: value for name, value in flags.items() if value is not None})
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every upstream request at INFO: our access line already says which backend answered.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    given = {name: value for name, value in flags.items() if value is not None}
+    settings = GatewaySettings(**given)
+    if args.workers < 1:
+        raise SystemExit(f"--workers must be at least 1, got {args.workers}")
     # Our own access line carries the request id; uvicorn's would only repeat it without. Keep-alive: uvicorn's
     # default (5 s) is what client pools keep idle connections for (httpx: 5 s), so a client reusing one as
     # the gateway closes it lost the request; the gateway now outlasts them.
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level,
-        access_log=False,
-        timeout_keep_alive=settings.keep_alive_s,
-    )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": args.log_level,
+        "access_log": False,
+        "timeout_keep_alive": settings.keep_alive_s,
+    }
+    if args.workers == 1:
+        _configure_logging(args.log_level)
+        uvicorn.run(create_app(settings), **options)
+        return
+    if given.get("backends"):
+        given["backends"] = [backend.model_dump(mode="json") for backend in given["backends"]]
+    os.environ[_LAUNCH_ENV] = json.dumps({"flags": given, "log_level": args.log_level})
+    uvicorn.run("gateway_service.__main__:worker_app", factory=True, workers=args.workers, **options)
 
 
 if __name__ == "__main__":
