@@ -71,10 +71,13 @@ __all__ = [
     "DrillUser",
     "Sizes",
     "Topology",
+    "base_url",
+    "build_drill_examples",
     "engine_kill_drill",
     "failures",
     "fetch",
     "gateway_restart_drill",
+    "kill",
     "take_references",
 ]
 
@@ -132,11 +135,11 @@ def _rss_mib(pid: int) -> float | None:
     return None
 
 
-def _base(service: Service) -> str:
+def base_url(service: Service) -> str:
     return service.health.rsplit("/", 1)[0]  # http://127.0.0.1:PORT, from its health URL
 
 
-def _kill(service: Service) -> None:
+def kill(service: Service) -> None:
     """SIGKILL: a crash, nothing flushed or closed."""
     if service.proc is not None and service.proc.poll() is None:
         service.proc.kill()
@@ -183,42 +186,61 @@ class Topology:
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        py = sys.executable
-        if self.s3_endpoint is None:
-            port = free_port()
-            moto = self._service("s3", [py, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                 f"http://127.0.0.1:{port}/moto-api/", {})  # fmt: skip
-            moto.wait_healthy(60)
-            self.s3_endpoint = f"http://127.0.0.1:{port}"
-        store = S3Store(f"drill-{uuid.uuid4().hex[:12]}", endpoint_url=self.s3_endpoint, access_key="testing",
-                        secret_key="testing", region="us-east-1")  # fmt: skip
-        store.ensure_bucket()
+        store = self.start_store()
         ring = KeyRing(store)
         for user in json.loads((self.examples / "users.json").read_text())["users"]:
             _publish(store, user["user_id"], self.examples / user["adapter"])
             key = ring.issue(Role.USER, user["user_id"])[0]
             self.users.append(DrillUser(user["user_id"], key, [p["prompt"] for p in user["prompts"]]))
-        shared = {**_S3_ENV, "S3_ENDPOINT_URL": self.s3_endpoint, "SOPPU_STORE_URL": store.url}
-        for n in range(self.engine_count):
-            port = free_port()
-            command = [py, "-m", "inference_service", "--host", "127.0.0.1", "--port", str(port)]
-            command += ["--model", str(self.examples / "base"), "--device", "cpu"]
-            self.engines.append(self._service(f"engine-{n}", command, f"http://127.0.0.1:{port}/health", shared))
+        shared = self.store_env(store)
+        self.start_engines(shared)
         for engine in self.engines:  # started together: their model loads overlap
             engine.wait_healthy(_ENGINE_START_S)
-        backends = [{"url": _base(e), "kind": "engine"} for e in self.engines]
         gateway_env = {
             **shared,
-            "SOPPU_GATEWAY_BACKENDS": json.dumps(backends),
+            "SOPPU_GATEWAY_BACKENDS": json.dumps(self.backends()),
             "SOPPU_GATEWAY_HEALTH_INTERVAL_S": "0.5",  # a restarted engine is back within half a second
             # A few users carry all the load: the per-user limits would refuse it, and they are not drilled here.
             "SOPPU_GATEWAY_USER_REQUESTS_PER_S": "0",
             "SOPPU_GATEWAY_USER_TOKENS_PER_S": "0",
             "SOPPU_GATEWAY_USER_MAX_IN_FLIGHT": "0",
         }
-        command = [py, "-m", "gateway_service", "--port", str(self.gateway_port), "--log-level", "warning"]
-        self.gateway = self._service("gateway", command, self.gateway_url + "/readyz", gateway_env)
+        self.gateway = self.start_gateway("gateway", self.gateway_port, gateway_env)
         self.gateway.wait_healthy(60)
+
+    def start_store(self) -> S3Store:
+        """moto's server, unless an endpoint was given, and a fresh bucket on it."""
+        if self.s3_endpoint is None:
+            port = free_port()
+            moto = self._service("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                 f"http://127.0.0.1:{port}/moto-api/", {})  # fmt: skip
+            moto.wait_healthy(60)
+            self.s3_endpoint = f"http://127.0.0.1:{port}"
+        store = S3Store(f"drill-{uuid.uuid4().hex[:12]}", endpoint_url=self.s3_endpoint, access_key="testing",
+                        secret_key="testing", region="us-east-1")  # fmt: skip
+        store.ensure_bucket()
+        return store
+
+    def store_env(self, store: S3Store) -> dict[str, str]:
+        """What every service needs to reach ``store``'s bucket."""
+        return {**_S3_ENV, "S3_ENDPOINT_URL": str(self.s3_endpoint), "SOPPU_STORE_URL": store.url}
+
+    def start_engines(self, env: dict[str, str]) -> None:
+        """Start the engines on the example model; not waited for (see ``wait_healthy``)."""
+        for n in range(self.engine_count):
+            port = free_port()
+            command = [sys.executable, "-m", "inference_service", "--host", "127.0.0.1", "--port", str(port)]
+            command += ["--model", str(self.examples / "base"), "--device", "cpu"]
+            self.engines.append(self._service(f"engine-{n}", command, f"http://127.0.0.1:{port}/health", env))
+
+    def backends(self) -> list[dict[str, str]]:
+        """The engines, as the gateway's ``SOPPU_GATEWAY_BACKENDS`` lists them."""
+        return [{"url": base_url(e), "kind": "engine"} for e in self.engines]
+
+    def start_gateway(self, name: str, port: int, env: dict[str, str]) -> Service:
+        """Start a gateway on ``port``; not waited for."""
+        command = [sys.executable, "-m", "gateway_service", "--port", str(port), "--log-level", "warning"]
+        return self._service(name, command, f"http://127.0.0.1:{port}/readyz", env)
 
     def live_gateway(self) -> Service:
         assert self.gateway is not None, "the topology is not started"
@@ -323,9 +345,13 @@ def fetch(
     params: dict[str, Any] | None = None,
     connection_errors_clean: bool = False,
     on_token: Callable[[int], None] | None = None,
+    name_user: bool = False,
 ) -> Answer:
-    """One request through the gateway with ``user``'s key, and how it ended."""
-    body = {"inputs": prompt, "parameters": params or _SHORT}
+    """One request through the gateway with ``user``'s key, and how it ended. ``name_user``: the body names
+    ``user.user_id`` (``user.key`` is then a service key acting for them)."""
+    body: dict[str, Any] = {"inputs": prompt, "parameters": params or _SHORT}
+    if name_user:
+        body["user_id"] = user.user_id
     headers = {"Authorization": f"Bearer {user.key}"}
     url = base + ("/generate_stream" if stream else "/generate")
     try:
@@ -473,7 +499,7 @@ def _open_one(top: Topology, tally: Tally, user: DrillUser, prompt: str, sizes: 
 
 def _in_flight_engine(top: Topology) -> Service:
     busy = [url for url, n in _metric(top.gateway_url, "soppu_gateway_backend_in_flight").items() if n > 0]
-    engines = [e for e in top.engines if _base(e) in busy]
+    engines = [e for e in top.engines if base_url(e) in busy]
     if len(engines) != 1:
         raise DrillError(f"cannot tell which engine serves the stream: in flight on {busy}")
     return engines[0]
@@ -504,7 +530,7 @@ def _restart_engine(top: Topology, engine: Service, sizes: Sizes, into: dict[str
     started = time.monotonic()
     try:
         top.restart(engine, _ENGINE_START_S)
-        url = _base(engine)
+        url = base_url(engine)
         _wait_for(lambda: _metric(top.gateway_url, "soppu_gateway_backend_healthy").get(url) == 1.0,
                   sizes.hang_s, "the gateway sees the restarted engine")  # fmt: skip
         into["restart_to_healthy_s"] = round(time.monotonic() - started, 2)
@@ -545,7 +571,7 @@ def engine_kill_drill(top: Topology, sizes: Sizes) -> dict[str, Any]:
             openers[-1].start()
         time.sleep(0.01)  # they reach the engine, which sends its headers with the first token (tens of ms here)
         killed = time.monotonic()
-        _kill(engine)
+        kill(engine)
         if alone:
             restarter = threading.Thread(target=_restart_engine, args=(top, engine, sizes, restarted), daemon=True)
             restarter.start()
@@ -582,7 +608,7 @@ def engine_kill_drill(top: Topology, sizes: Sizes) -> dict[str, Any]:
     after = Tally(top.users, sizes)
     served_after = _sweep(top, after, sizes)
     if restarted:
-        metrics = httpx.get(_base(engine) + "/metrics", timeout=10, trust_env=False).text
+        metrics = httpx.get(base_url(engine) + "/metrics", timeout=10, trust_env=False).text
         served = [line for line in metrics.splitlines() if line.startswith("lorax_request_count_total ")]
         restarted["requests_served_after_restart"] = int(float(served[0].split()[1])) if served else None
     return {
@@ -640,7 +666,7 @@ def gateway_restart_drill(top: Topology, sizes: Sizes) -> dict[str, Any]:
         assert gateway.proc is not None
         rss_before = _rss_mib(gateway.proc.pid)
         killed = time.monotonic()
-        _kill(gateway)
+        kill(gateway)
         top.restart(gateway, timeout_s=120)
         restart_s = time.monotonic() - killed
         for thread in workers:
@@ -715,7 +741,7 @@ def failures(drill: str, result: dict[str, Any]) -> list[str]:
     return found
 
 
-def _examples(users: int, out: Path) -> Path:
+def build_drill_examples(users: int, out: Path) -> Path:
     from soppu.examples import ExamplesSpec, build_examples
 
     # The cache `make test` and `make demo` share, so the tiny base model is trained once.
@@ -746,7 +772,7 @@ def main() -> int:
     report: dict[str, Any] = {"benchmark": "drills", "machine": machine(), "config": config}
     failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="drills-") as tmp:
-        examples = _examples(args.users, Path(tmp) / "examples")
+        examples = build_drill_examples(args.users, Path(tmp) / "examples")
         with Topology(examples, Path(tmp), engines=args.engines) as top:
             try:
                 take_references(top, sizes)

@@ -70,4 +70,5 @@ def test_every_bench_script_is_covered() -> None:
         "load_drill.py",
         "kill_drill.py",
         "drills.py",  # its smoke test: tests/e2e/test_serving_drills.py
+        "replica_drill.py",  # its smoke test: tests/e2e/test_replica_drill.py
     }  # a new script needs a smoke test above
