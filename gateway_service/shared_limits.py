@@ -95,15 +95,16 @@ def charge_script(clock: str = SERVER_CLOCK) -> str:
 
 
 def connect(url: str, timeout_s: float, pool_size: int) -> Redis:
-    """A client on a small pool with short timeouts and no retries of its own: a slow Redis is an outage, and
-    the caller falls back at once."""
+    """A client on a small pool with short timeouts: a slow Redis is an outage, and the caller falls back at once.
+    One retry, on a fresh connection, after a connection error: a connection idle in the pool while Redis
+    restarted is dead, and without it the first calls after a restart would fail over to local limits."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=pool_size,
         timeout=timeout_s,  # waiting for a free connection counts as an outage too
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1),
         decode_responses=True,
     )
     return Redis.from_pool(pool)  # from_pool: closing the client closes its pool
