@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from soppu.adapter import DEFAULT_LIMITS, Limits
 from soppu.compression.distill import DistillSettings
+from soppu.protocol.redis_url import RedisUrl
 from soppu.registry.policy import DEFAULT_PROMPTS, GateThresholds
 from soppu.secret_checks import check_service_secrets
 
@@ -141,7 +142,7 @@ class CompressorSettings(BaseSettings):
     # Gateways told about deleted users and revoked keys (best effort).
     gateway_urls: list[str] = Field([], description='JSON list, e.g. ["http://127.0.0.1:8080"]')
     notify_timeout_s: float = Field(2.0, gt=0)
-    redis_url: SecretStr = Field(
+    redis_url: RedisUrl = Field(
         SecretStr(""),
         description="redis://[:password@]host:port[/db]: also publish each invalidation on the channel every gateway "
         "replica subscribes to (soppu:invalidate); empty: the gateway URLs only. A secret: it may hold a password",
@@ -165,14 +166,6 @@ class CompressorSettings(BaseSettings):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"gateway url must start with http:// or https://, got {url!r}")
         return [url.rstrip("/") for url in urls]
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, url: SecretStr) -> SecretStr:
-        value = url.get_secret_value()
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis_url must start with redis://, rediss:// or unix://")  # never quote it: a secret
-        return url
 
     def limits(self) -> Limits:
         """The adapter reader's limits; an archive can be no larger than the body that carries it."""

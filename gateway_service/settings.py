@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from soppu.protocol.redis_url import RedisUrl
 from soppu.secret_checks import check_service_secrets
 
 __all__ = ["BackendConfig", "BackendKind", "GatewaySettings", "get_settings"]
@@ -109,7 +110,7 @@ class GatewaySettings(BaseSettings):
     virtual_nodes: int = Field(64, ge=1, description="points per backend on the consistent-hash ring")
     load_factor: float = Field(1.25, ge=1.0, description="bounded load: skip a backend over this x average")
     # Replicas: per-user limits and invalidations through Redis. The URL may carry a password: a secret.
-    redis_url: SecretStr = Field(
+    redis_url: RedisUrl = Field(
         SecretStr(""),
         description="redis://[:password@]host:port[/db] (or rediss://, unix://): per-user limits shared by every "
         "replica and invalidations by pub/sub; empty: this process's own limits",
@@ -125,14 +126,6 @@ class GatewaySettings(BaseSettings):
         key = None if self.admin_key is None else self.admin_key.get_secret_value()
         check_service_secrets(key, self.store_url, os.environ)
         return self
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, url: SecretStr) -> SecretStr:
-        value = url.get_secret_value()
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis_url must start with redis://, rediss:// or unix://")  # never quote it: a secret
-        return url
 
     @field_validator("backends")
     @classmethod

@@ -463,5 +463,5 @@ def test_each_service_reads_the_bucket_as_its_own_s3_user(rendered: dict[str, li
 
 
 def test_minio_init_runs_the_compose_script() -> None:
-    for name in ("init.sh", "lorax-readonly.json", "gateway-readonly.json", "compressor-readwrite.json"):
-        assert (K8S / "base" / "minio" / name).read_bytes() == (ROOT / "infra" / "minio" / name).read_bytes(), name
+    # One copy: kustomize reads nothing outside base/, so the files live there and infra/minio links to them.
+    assert (ROOT / "infra" / "minio").resolve() == (K8S / "base" / "minio").resolve()
