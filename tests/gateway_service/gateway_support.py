@@ -97,18 +97,20 @@ def publish(
     return ref
 
 
-def start_stub(log: Path, port: int | None = None) -> ServiceProcess:
-    """A stub backend process (``bench/_stub_backend.py``), on ``port`` when given (to restart one in place)."""
+def start_stub(log: Path, port: int | None = None, host: str = "127.0.0.1") -> ServiceProcess:
+    """A stub backend process (``bench/_stub_backend.py``), on ``port`` when given (to restart one in place, or to
+    put stubs on several loopback addresses on one port), naming itself ``stub-{host}``."""
     script = str(REPO_ROOT / "bench" / "_stub_backend.py")
     if port is None:
         return start_service(lambda free: [sys.executable, script, "--port", str(free)], log=log, timeout_s=30)
+    command = [sys.executable, script, "--host", host, "--port", str(port), "--model-id", f"stub-{host}"]
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, script, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    service = ServiceProcess(proc, f"http://127.0.0.1:{port}", log)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    service = ServiceProcess(proc, f"http://{host}:{port}", log)
     deadline = time.monotonic() + 30
     while not answers_http(f"{service.url}/health"):
         if proc.poll() is not None or time.monotonic() > deadline:
             service.stop()
-            raise RuntimeError(f"the stub did not start on port {port}:\n{service.log_tail()}")
+            raise RuntimeError(f"the stub did not start on {host}:{port}:\n{service.log_tail()}")
         time.sleep(0.05)
     return service

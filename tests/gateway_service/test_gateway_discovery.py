@@ -5,16 +5,13 @@ rounds, and once the system's own resolver on ``localhost``."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from gateway_support import REPO_ROOT
-from processes import ServiceProcess, answers_http, free_port
+from gateway_support import start_stub
+from processes import free_port
 
 from gateway_service.routing import BackendPool, resolve_host
 from gateway_service.settings import BackendConfig, BackendKind, GatewaySettings
@@ -22,31 +19,13 @@ from gateway_service.settings import BackendConfig, BackendKind, GatewaySettings
 _KEYS = [f"exports/u{n:02d}/default/v00000001" for n in range(40)]
 
 
-def _stub_at(host: str, port: int, log: Path) -> ServiceProcess:
-    script = str(REPO_ROOT / "bench" / "_stub_backend.py")
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, script, "--host", host, "--port", str(port), "--model-id", f"stub-{host}"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    service = ServiceProcess(proc, f"http://{host}:{port}", log)
-    deadline = time.monotonic() + 30
-    while not answers_http(f"{service.url}/health"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            service.stop()
-            raise RuntimeError(f"the stub did not start on {host}:{port}:\n{service.log_tail()}")
-        time.sleep(0.05)
-    return service
-
-
 @pytest.fixture
 def two_stubs(tmp_path: Path) -> Iterator[int]:
     """Stub backends on 127.0.0.1:PORT and 127.0.0.2:PORT; yields PORT."""
     port = free_port()
-    stubs = [_stub_at("127.0.0.1", port, tmp_path / "one.log")]
+    stubs = [start_stub(tmp_path / "one.log", port, "127.0.0.1")]
     try:
-        stubs.append(_stub_at("127.0.0.2", port, tmp_path / "two.log"))
+        stubs.append(start_stub(tmp_path / "two.log", port, "127.0.0.2"))
         yield port
     finally:
         for stub in stubs:
