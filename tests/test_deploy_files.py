@@ -12,6 +12,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -235,6 +236,27 @@ def test_dockerfiles_build_only_from_files_in_the_repo(dockerfile: Path) -> None
                 assert (ROOT / source).exists(), f"{dockerfile}: COPY {source} is not in the repository"
 
 
+# The extras each image installs: the gateway never loads torch.
+_EXTRAS = {"compressor_service": "ml,services", "gateway_service": "services", "inference_service": "ml,services"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfiles_install_the_project_extras_at_the_tested_versions(dockerfile: Path) -> None:
+    # No hand-kept dependency lists (one went stale: the gateway image lacked redis), one torch version everywhere.
+    text = dockerfile.read_text()
+    installs = [line.strip() for line in text.splitlines() if "pip install" in line]
+    project = [line for line in installs if "'.[" in line]
+    assert project == [f"RUN pip install -c constraints.txt '.[{_EXTRAS[dockerfile.parent.name]}]'"], installs
+    others = [line for line in installs if line not in project]
+    make_torch = re.search(r"^TORCH_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert make_torch is not None
+    if "ml" in _EXTRAS[dockerfile.parent.name]:
+        assert others == ["RUN pip install torch==${TORCH_VERSION}"], others
+        assert f"ARG TORCH_VERSION={make_torch.group(1)}" in text
+    else:
+        assert others == [], others
+
+
 def _write_env() -> ModuleType:
     spec = importlib.util.spec_from_file_location("write_env", ROOT / "infra" / "write_env.py")
     assert spec is not None and spec.loader is not None
@@ -382,3 +404,14 @@ def test_the_hub_override_needs_its_token() -> None:
     assert with_token.returncode == 0, with_token.stderr
     environment = yaml.safe_load(with_token.stdout)["services"]["lorax"]["environment"]
     assert environment["HUGGING_FACE_HUB_TOKEN"] == "hf_example" and str(environment["HF_HUB_OFFLINE"]) == "0"
+
+
+def test_the_gateway_runs_without_the_ml_extra() -> None:
+    # Its image has no torch: importing the app (and its launcher) must not pull in an `ml` package.
+    probe = (
+        "import sys, gateway_service.app, gateway_service.__main__; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'torch', 'safetensors', 'transformers', 'tokenizers', 'matplotlib', 'regex', 'tqdm', 'numpy'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "[]", result.stdout
