@@ -29,7 +29,7 @@ from typing import Any
 from tqdm import tqdm
 
 from soppu.adapter.probes import encode_probes
-from soppu.cli.stack import Stack
+from soppu.cli.stack import Stack, free_ports_config
 from soppu.cli.stack_client import request, upload_adapter, wait_for_job
 from soppu.cli.tables import print_table
 from soppu.examples.cache import default_cache_dir
@@ -96,8 +96,6 @@ class _Asked:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from soppu.cli.dev import free_ports_config
-
     started = time.perf_counter()
     users_n = args.users if args.users is not None else default_users(args.base)
     examples = build_example_set(args.base, users_n, args.examples, cache_dir=default_cache_dir(), progress=True)

@@ -1,5 +1,5 @@
-"""``soppu dev`` (the stack as local processes until Ctrl-C) and ``soppu demo`` (the whole product, end to end, on
-the example users: build, start, key, upload, compress, generate through the gateway, report, stop)."""
+"""``soppu dev``: the stack as local processes until Ctrl-C (``soppu demo``, in :mod:`soppu.cli.demo`, runs the
+same stack end to end)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from soppu.cli.stack import Stack, StackConfig, free_port
+from soppu.cli.stack import Stack, StackConfig
 
-__all__ = ["add_parsers"]
+__all__ = ["add_parser"]
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     dev = subparsers.add_parser(
         "dev",
         help="run the stack (S3 server, engine, compressor, gateway) as local processes until Ctrl-C",
@@ -29,10 +29,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     for name, port in (("gateway", 8080), ("compressor", 8081), ("engine", 8082), ("s3", 9000)):
         dev.add_argument(f"--{name}-port", type=int, default=port, help=f"default {port}")
     dev.set_defaults(handler=_dev)
-
-    from soppu.cli import demo  # the demo reuses the stack; its own module holds the walk-through
-
-    demo.add_parser(subparsers)
 
 
 def _config(args: argparse.Namespace, **extra: Any) -> StackConfig:
@@ -72,9 +68,3 @@ def _dev(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("stopping ...", flush=True)
     return 0
-
-
-def free_ports_config(model: Path, workdir: Path, **extra: Any) -> StackConfig:
-    """A stack config on free ports, so a demo or a test never collides with a running `make dev`."""
-    ports = {f"{name}_port": free_port() for name in ("gateway", "compressor", "engine", "s3")}
-    return StackConfig(model=model.resolve(), workdir=workdir, **ports, **extra)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from soppu import __version__
-from soppu.cli import compress, dev, examples, inspect
+from soppu.cli import compress, demo, dev, examples, inspect
 from soppu.errors import SoppuError
 
 __all__ = ["build_parser", "main"]
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_parsers(subparsers)
     inspect.add_parser(subparsers)
     examples.add_parser(subparsers)
-    dev.add_parsers(subparsers)
+    dev.add_parser(subparsers)
+    demo.add_parser(subparsers)
     return parser
 
 

@@ -19,9 +19,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["Service", "Stack", "StackConfig", "free_port", "stop_process"]
+__all__ = ["Service", "Stack", "StackConfig", "free_port", "free_ports_config", "stop_process"]
 
 _CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "soppu-dev",
@@ -222,3 +222,9 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def free_ports_config(model: Path, workdir: Path, **extra: Any) -> StackConfig:
+    """A stack config on free ports, so a demo or a test never collides with a running `make dev`."""
+    ports = {f"{name}_port": free_port() for name in ("gateway", "compressor", "engine", "s3")}
+    return StackConfig(model=model.resolve(), workdir=workdir, **ports, **extra)

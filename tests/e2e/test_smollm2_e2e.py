@@ -13,8 +13,7 @@ import pytest
 from openai import OpenAI
 
 from lorax import Client
-from soppu.cli.dev import free_ports_config
-from soppu.cli.stack import Stack
+from soppu.cli.stack import Stack, free_ports_config
 from soppu.cli.stack_client import request, upload_adapter, wait_for_job
 from soppu.examples.personal import answer_has
 from soppu.examples.personal_training import chat_prompt

@@ -14,8 +14,7 @@ import pytest
 from openai import OpenAI
 
 from lorax import Client
-from soppu.cli.dev import free_ports_config
-from soppu.cli.stack import Stack
+from soppu.cli.stack import Stack, free_ports_config
 from soppu.cli.stack_client import ApiError, request, upload_adapter, wait_for_job
 from soppu.peft_files import CONFIG_NAME, WEIGHTS_NAME
 
