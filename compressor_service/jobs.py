@@ -33,7 +33,6 @@ from soppu.registry import JobRecord, JobState
 from soppu.registry.catalog import pending_jobs
 from soppu.registry.leases import Lease
 from soppu.registry.pipeline import Pipeline
-from soppu.store import S3Store
 from soppu.store.layout import AdapterVersion
 
 from .metrics import CompressorMetrics
@@ -164,8 +163,7 @@ class JobRunner:
 
     def _prepare_store(self) -> list[AdapterVersion]:
         store = self.pipeline.store
-        if isinstance(store, S3Store):
-            store.ensure_bucket()
+        store.ensure_bucket()
         store.check()
         return pending_jobs(store)
 

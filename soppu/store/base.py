@@ -100,6 +100,9 @@ class ObjectStore(ABC):
     def check(self) -> None:
         """Raise StoreUnavailable unless the store can be used right now (readiness probes call this)."""
 
+    def ensure_bucket(self) -> None:  # noqa: B027 - a hook with a do-nothing default, not an abstract method
+        """Create what the store lives in unless it exists (an S3 bucket); nothing to do for most stores."""
+
     @property
     @abstractmethod
     def url(self) -> str:
