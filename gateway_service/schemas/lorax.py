@@ -1,17 +1,14 @@
-"""LoRAX's request shapes as the gateway takes them (the engine's, plus ``user_id`` and ``adapter``); the
-response shapes are the shared ones of :mod:`soppu.protocol.lorax`.
-
-Every LoRAX parameter may be present and null, because ``lorax-client`` sends them all. Unknown keys are
-dropped, so nothing the gateway does not know is forwarded. ``adapter_id`` is an adapter NAME here (never a
-storage id: the gateway resolves it), and ``adapter_source`` / ``api_token`` are ignored and never forwarded.
+"""LoRAX's shapes as the gateway takes them: the shared ones of :mod:`soppu.protocol.lorax`, plus ``user_id`` and
+``adapter``, and no defaults on the parameters (each backend applies its own). Unknown keys are dropped, so
+nothing the gateway does not know is forwarded. ``adapter_id`` is an adapter NAME here (never a storage id: the
+gateway resolves it), and ``adapter_source`` / ``api_token`` are ignored and never forwarded.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import ConfigDict, Field
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from soppu.protocol import lorax
 from soppu.protocol.lorax import (
     Details,
     ErrorResponse,
@@ -21,6 +18,7 @@ from soppu.protocol.lorax import (
     StreamResponse,
     Token,
 )
+from soppu.protocol.notes import schema_notes
 
 __all__ = [
     "Details",
@@ -35,40 +33,34 @@ __all__ = [
 ]
 
 
-class GenerateParameters(BaseModel):
+class GenerateParameters(lorax.GenerateParameters):
     model_config = ConfigDict(
-        extra="ignore", json_schema_extra={"examples": [{"adapter_id": "default", "max_new_tokens": 8}]}
+        json_schema_extra=schema_notes(
+            {
+                "adapter_id": "the adapter NAME (default: `default`); never a storage path",
+                "adapter_source": "ignored: the gateway decides where adapters come from",
+                "merged_adapters": "not allowed through the gateway: must be null",
+                "api_token": "ignored and never forwarded",
+                "max_new_tokens": "default and cap: the gateway's settings",
+            },
+            examples=[{"adapter_id": "default", "max_new_tokens": 8}],
+        )
     )
 
-    adapter_id: str | None = Field(None, description="the adapter NAME (default: `default`); never a storage path")
-    adapter_source: str | None = Field(None, description="ignored: the gateway decides where adapters come from")
-    merged_adapters: dict[str, Any] | None = Field(None, description="not allowed through the gateway: must be null")
-    api_token: str | None = Field(None, description="ignored and never forwarded")
-    best_of: int | None = Field(None, gt=0)
-    temperature: float | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0)
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    top_k: int | None = Field(None, gt=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    typical_p: float | None = None
+    # Null, not LoRAX's false: the gateway forwards only what the caller set (exclude_none), so each backend
+    # applies its own defaults.
     do_sample: bool | None = None
-    max_new_tokens: int | None = Field(None, gt=0, description="default and cap: the gateway's settings")
     ignore_eos_token: bool | None = None
     return_full_text: bool | None = None
-    stop: list[str] | None = Field(None, max_length=4)
-    truncate: int | None = None
     watermark: bool | None = None
     details: bool | None = None
     decoder_input_details: bool | None = None
-    return_k_alternatives: int | None = None
-    seed: int | None = Field(None, ge=0)
-    response_format: dict[str, Any] | None = None
+    # Checked here, not left to the backend: the gateway applies its default and cap to it before forwarding.
+    max_new_tokens: int | None = Field(None, gt=0)
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(lorax.GenerateRequest):
     model_config = ConfigDict(
-        extra="ignore",
         json_schema_extra={
             "examples": [
                 {"user_id": "alice", "adapter": "default", "inputs": "My pet is a", "parameters": {"max_new_tokens": 8}}
@@ -78,6 +70,4 @@ class GenerateRequest(BaseModel):
 
     user_id: str | None = Field(None, description="whose adapter: required with a service key; a user key's own")
     adapter: str | None = Field(None, description="adapter name (default: parameters.adapter_id, else `default`)")
-    inputs: str
-    parameters: GenerateParameters = Field(default_factory=GenerateParameters)
-    stream: bool = Field(False, description="only read by POST /: true answers with Server-Sent Events")
+    parameters: GenerateParameters = Field(default_factory=GenerateParameters)  # the gateway's own defaults
