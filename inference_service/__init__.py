@@ -11,7 +11,9 @@ Where a request goes, in one read::
                                                become an ``{"error", "error_type"}`` event on the 200)
 
 ``app.create_app()`` wires it: settings (``settings.py``), the engine built in the lifespan, LoRAX-shaped
-error bodies, metrics (``metrics.py``). The engine itself (batching, adapter cache, layers) is ``engine/``.
+error bodies (``errors.py`` maps the engine's typed errors onto statuses), metrics (``metrics.py``). The engine
+itself (``engine/``: its API in ``engine.py``, batching decisions in ``scheduler.py``, the model in
+``runner.py``, the adapter cache, the layers) knows nothing of HTTP.
 Run it with ``python -m inference_service --help``.
 """
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import anyio
 
 from .engine import AdapterRef, Engine, EngineError, GenerationParams, GenerationResult, TokenInfo
+from .errors import lorax_error
 from .metrics import ServiceMetrics
 from .params import adapter_ref, generation_params
 from .schemas import GenerateParameters
@@ -31,7 +32,7 @@ def _failure(metrics: ServiceMetrics, e: Exception) -> EngineError:
     if not isinstance(e, EngineError):
         _log.error("generation failed", exc_info=e)
         e = EngineError("generation failed")
-    metrics.failed(e.error_type)
+    metrics.failed(lorax_error(e)[1])
     return e
 
 

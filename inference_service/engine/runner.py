@@ -3,8 +3,9 @@
 The runner owns the model. It wraps every linear layer inside the decoder blocks in an
 :class:`~inference_service.engine.layers.AdapterLinear`, builds a :class:`BatchPlan` from the rows' loaded
 adapters (each distinct adapter gets a small integer slot; rows gather their slot's factors), and runs the two
-kinds of step the scheduler needs: a prefill of new prompts, and one decode token for every running row.
-Blocking torch code: the scheduler calls it from a worker thread.
+kinds of step the scheduler decides on: a prefill of new prompts, and one decode token for every running row.
+:class:`RunningBatch` keeps the running rows' model state (their key/value cache and adapter plan), row-aligned
+with the scheduler's running list. Blocking torch code: the engine calls the steps from a worker thread.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .formats import LoadedCore, LoadedLora, ModelShapes
 from .kv import BatchKV, new_cache, zero_pad
 from .layers import AdapterLinear, BatchPlan, PlainGroup, PlanHolder, SharedGroup
 
-__all__ = ["Loaded", "ModelRunner"]
+__all__ = ["Loaded", "ModelRunner", "RunningBatch"]
 
 Loaded = LoadedLora | LoadedCore | None  # None: the base model
 
@@ -150,3 +151,43 @@ class ModelRunner:
         )
         kv.advance()
         return logits[:, -1]
+
+
+class RunningBatch:
+    """The running rows' state on the model's side: their key/value cache and the adapter plan built from their
+    adapters. Row ``i`` here is row ``i`` of the scheduler's running list; the engine keeps the two in step."""
+
+    def __init__(self, runner: ModelRunner) -> None:
+        self.runner = runner
+        self._adapters: list[Loaded] = []
+        self._kv: BatchKV | None = None
+        self._plan = BatchPlan()
+
+    def prefill(self, prompts: list[list[int]], adapters: list[Loaded], *, all_logits: bool = False) -> torch.Tensor:
+        """Run the new rows' prompts and append them to the batch; returns their logits as
+        :meth:`ModelRunner.prefill` does. Blocking. If it raises, the batch is as it was."""
+        logits, kv = self.runner.prefill(prompts, adapters, all_logits=all_logits)
+        merged = kv if self._kv is None else self._kv.merge(kv)
+        plan = self.runner.plan([*self._adapters, *adapters])
+        self._kv, self._plan = merged, plan
+        self._adapters.extend(adapters)
+        return logits
+
+    def decode(self, tokens: list[int]) -> torch.Tensor:
+        """One token for every row, given each row's last token; returns logits (rows x vocab). Blocking."""
+        assert self._kv is not None, "decode with no running rows"
+        last = torch.tensor(tokens, device=self.runner.device)
+        return self.runner.decode(self._kv, last, self._plan)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (in this order)."""
+        if not rows:
+            self.clear()
+            return
+        assert self._kv is not None
+        self._adapters = [self._adapters[i] for i in rows]
+        self._kv = self._kv.select(torch.tensor(rows, device=self.runner.device))
+        self._plan = self.runner.plan(self._adapters)
+
+    def clear(self) -> None:
+        self._adapters, self._kv, self._plan = [], None, BatchPlan()

@@ -1,346 +1,120 @@
-"""The engine: continuous batching of concurrent requests, each with its own adapter (or none).
+"""The scheduler: the engine's decisions, and nothing else (as vLLM's ``v1/core/sched/scheduler.py``).
 
-A request is validated (its prompt's length in characters first, then its tokens, counted in a worker thread
-so a long prompt never stalls the event loop the other streams are served from), its adapter is fetched
-through the cache (errors surface before any token), and it waits in a bounded queue. One loop owns the
-model: at every token boundary it admits waiting requests (a prefill of their prompts, which yields their first
-token) into the running batch, or advances every running row by one token in a single forward pass. Finished
-and cancelled rows leave between steps. Tokens reach each request's async iterator as soon as they are chosen.
-A row whose sampling fails (its logits or its parameters give no valid distribution) fails alone; only a
-failed forward pass fails every row it carried.
+It keeps the waiting queue and the running batch and decides, at every token boundary, what the next step is:
+admit waiting requests (as many as the batch has room for, oldest first) or advance every running row by one
+token. It decides when a row is finished (its end-of-sequence token unless ignored, a stop sequence the
+detokenizer found, or its token budget), and takes finished, cancelled and failed rows out of the batch.
 
-What clients read in an error never holds an exception's text; the log gets the traceback.
+No model calls (:mod:`.runner`), no text (:mod:`.text`) and no HTTP: the engine (:mod:`.engine`) carries out
+each decision. Its running list is row-aligned with the model's batch: every change to it returns the rows
+kept, for the engine to apply to the model's side.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import random
 import time
 from collections import deque
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Generic, TypeVar
 
-import torch
+from .runner import Loaded
+from .types import FinishReason, GenerationParams
 
-from soppu.models import load_causal_lm
-from soppu.sampling import SAMPLING_LIMITS
-
-from .cache import AdapterCache
-from .kv import BatchKV
-from .layers import BatchPlan
-from .runner import Loaded, ModelRunner
-from .sampling import choose_tokens, make_generator
-from .sources import SourceRules
-from .text import TextStream
-from .types import (
-    AdapterRef,
-    EngineError,
-    FinishReason,
-    GenerationFailed,
-    GenerationParams,
-    GenerationResult,
-    Overloaded,
-    TokenInfo,
-    ValidationFailed,
-)
-
-__all__ = ["Engine", "EngineConfig", "EngineInfo", "EngineStats"]
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    model_path: Path
-    device: str = "auto"
-    max_batch_size: int = 32
-    max_queue: int = 256
-    adapter_cache_bytes: int = 1 << 30
-    max_input_length: int = 1024
-    max_total_tokens: int = 2048
-    model_id: str | None = None
-    adapter_revalidate_s: float = 1.0
-    # Longer prompts are refused before tokenizing: tokenizing costs time linear in the characters.
-    max_input_chars: int = 65536
-    sources: SourceRules = field(default_factory=SourceRules)  # nothing readable unless configured
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    model_id: str
-    model_dtype: str
-    device_type: str
-    max_input_length: int
-    max_total_tokens: int
-    max_batch_size: int
-    max_queue: int
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    queue_length: int
-    batch_size: int
-    cached_adapters: int
-    cache_bytes: int
-    adapter_downloads: int
-
-
-Item = TokenInfo | GenerationResult | EngineError
+__all__ = ["Request", "Scheduler", "Step"]
 
 
 @dataclass(eq=False)
-class _Sequence:
+class Request:
+    """What the scheduler knows of one request: its prompt's ids, its parameters, its adapter and its tokens."""
+
     prompt: list[int]
     params: GenerationParams
     adapter: Loaded
-    text: TextStream
-    seed: int | None
-    generator: torch.Generator | None
-    out: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
     generated: list[int] = field(default_factory=list)
-    prefill: list[TokenInfo] = field(default_factory=list)
     accepted_at: float = field(default_factory=time.perf_counter)
     admitted_at: float = 0.0
-    cancelled: bool = False
+    cancelled: bool = False  # set by the engine when its client goes away; the row leaves at the next boundary
 
 
-class Engine:
-    def __init__(self, config: EngineConfig) -> None:
-        self.config = config
-        model, self.tokenizer = load_causal_lm(config.model_path, config.device)
-        self.runner = ModelRunner(model)
-        self.cache = AdapterCache(
-            self.runner.shapes,
-            budget_bytes=config.adapter_cache_bytes,
-            revalidate_s=config.adapter_revalidate_s,
-            rules=config.sources,
-        )
-        self._special = set(self.tokenizer.all_special_ids)
-        self._eos = self.tokenizer.eos_token_id
-        self._waiting: deque[_Sequence] = deque()
-        self._running: list[_Sequence] = []
-        self._kv: BatchKV | None = None
-        self._plan = BatchPlan()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+R = TypeVar("R", bound=Request)
 
-    # --- public surface --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Step(Generic[R]):
+    """The next step: prefill ``admit`` (taken off the waiting queue), or, when it is empty, decode one token
+    for every running row."""
+
+    admit: list[R]
+
+
+class Scheduler(Generic[R]):
+    def __init__(self, *, max_batch_size: int, max_queue: int, eos_token_id: int | None) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self._eos = eos_token_id
+        self.waiting: deque[R] = deque()
+        self.running: list[R] = []
 
     @property
-    def info(self) -> EngineInfo:
-        c = self.config
-        return EngineInfo(
-            model_id=c.model_id or Path(c.model_path).name,
-            model_dtype=str(self.runner.dtype).removeprefix("torch."),
-            device_type=self.runner.device.type,
-            max_input_length=c.max_input_length,
-            max_total_tokens=c.max_total_tokens,
-            max_batch_size=c.max_batch_size,
-            max_queue=c.max_queue,
-        )
+    def queue_full(self) -> bool:
+        return len(self.waiting) >= self.max_queue
 
     @property
-    def healthy(self) -> bool:
-        """True while the batching loop runs (it never ends on its own; if it died, nothing is served)."""
-        return self._task is not None and not self._task.done()
+    def idle(self) -> bool:
+        return not self.waiting and not self.running
 
-    @property
-    def stats(self) -> EngineStats:
-        cache = self.cache.stats
-        return EngineStats(len(self._waiting), len(self._running), cache.entries, cache.bytes, cache.downloads)
+    def add(self, request: R) -> None:
+        self.waiting.append(request)
 
-    async def start(self) -> None:
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._loop(), name="engine-batching-loop")
+    def schedule(self) -> Step[R] | None:
+        """The next step, or None when there is nothing to do. Admitting comes first whenever the batch has
+        room: new requests get their first token without waiting for the running ones to finish."""
+        if self.idle:
+            return None
+        room = self.max_batch_size - len(self.running)
+        if self.waiting and room > 0:
+            return Step([self.waiting.popleft() for _ in range(min(room, len(self.waiting)))])
+        return Step([])
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        for seq in [*self._waiting, *self._running]:
-            seq.out.put_nowait(EngineError("the engine is shutting down"))
-        self._waiting.clear()
-        self._running.clear()
-        self._kv = None
+    def admitted(self, requests: list[R]) -> range:
+        """``requests`` were prefilled: they join the batch at its end. Returns their rows."""
+        now, first = time.perf_counter(), len(self.running)
+        for request in requests:
+            request.admitted_at = now
+        self.running.extend(requests)
+        return range(first, len(self.running))
 
-    async def generate(
-        self, prompt: str, params: GenerationParams, adapter: AdapterRef | None = None
-    ) -> AsyncGenerator[TokenInfo | GenerationResult, None]:
-        """Yield each generated token, then the result. Errors before the first token raise on first ``anext``."""
-        ids = await self._validate(prompt, params)
-        if len(self._waiting) >= self.config.max_queue:
-            raise Overloaded(f"the queue is full ({self.config.max_queue} requests waiting)")
-        loaded = await self.cache.get(adapter) if adapter is not None else None
-        seed = params.seed if params.seed is not None else (random.getrandbits(63) if params.do_sample else None)
-        generator = make_generator(seed, torch.device("cpu")) if seed is not None else None
-        seq = _Sequence(ids, params, loaded, TextStream(self.tokenizer, params.stop), seed, generator)
-        self._waiting.append(seq)
-        self._wake.set()
-        try:
-            while True:
-                item = await seq.out.get()
-                if isinstance(item, EngineError):
-                    raise item
-                yield item
-                if isinstance(item, GenerationResult):
-                    return
-        finally:
-            seq.cancelled = True  # a client that went away frees its row at the next token boundary
-
-    # --- validation ------------------------------------------------------------------------------------
-
-    async def tokenize(self, prompt: str, **options: Any) -> Any:
-        """The tokenizer's encoding of ``prompt``, computed in a worker thread (the fast tokenizer releases the
-        GIL), after the cheap character cap: no prompt costs the event loop more than a ``len``."""
-        if len(prompt) > self.config.max_input_chars:
-            raise ValidationFailed(
-                f"inputs has {len(prompt)} characters, more than max_input_chars {self.config.max_input_chars}"
-            )
-        return await asyncio.to_thread(self.tokenizer, prompt, **options)
-
-    async def _validate(self, prompt: str, params: GenerationParams) -> list[int]:
-        c = self.config
-        ids: list[int] = (await self.tokenize(prompt))["input_ids"]
-        if not ids:
-            raise ValidationFailed("inputs must not be empty")
-        if len(ids) > c.max_input_length:
-            raise ValidationFailed(f"inputs has {len(ids)} tokens, more than max_input_length {c.max_input_length}")
-        if params.max_new_tokens < 1:
-            raise ValidationFailed("max_new_tokens must be at least 1")
-        if params.seed is not None and not 0 <= params.seed <= SAMPLING_LIMITS.max_seed:
-            # torch's generator cannot take it; the HTTP layer refuses it first, this guards direct callers
-            raise ValidationFailed(f"seed must be >= 0 and <= {SAMPLING_LIMITS.max_seed}")
-        if len(ids) + params.max_new_tokens > c.max_total_tokens:
-            raise ValidationFailed(
-                f"inputs tokens + max_new_tokens must be <= {c.max_total_tokens}; "
-                f"given {len(ids)} inputs tokens and {params.max_new_tokens} max_new_tokens"
-            )
-        return ids
-
-    # --- the batching loop -----------------------------------------------------------------------------
-
-    async def _loop(self) -> None:
-        while True:
-            self._drop_cancelled()
-            if not self._waiting and not self._running:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            try:
-                if self._waiting and len(self._running) < self.config.max_batch_size:
-                    await self._admit()
-                else:
-                    await self._step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a failed forward pass fails its rows, never the loop
-                log.exception("generation step failed")
-                self._fail_running(GenerationFailed("generation failed"))
-
-    def _drop_cancelled(self) -> None:
-        self._waiting = deque(s for s in self._waiting if not s.cancelled)
-        if any(s.cancelled for s in self._running):
-            self._keep([i for i, s in enumerate(self._running) if not s.cancelled])
-
-    async def _admit(self) -> None:
-        room = self.config.max_batch_size - len(self._running)
-        new = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
-        details = any(s.params.decoder_input_details for s in new)
-        try:
-            logits, kv = await asyncio.to_thread(
-                self.runner.prefill, [s.prompt for s in new], [s.adapter for s in new], all_logits=details
-            )
-        except Exception:
-            log.exception("prefill failed")
-            for seq in new:
-                seq.out.put_nowait(GenerationFailed("prefill failed"))
-            return
-        now = time.perf_counter()
-        for i, seq in enumerate(new):
-            seq.admitted_at = now
-            if seq.params.decoder_input_details:
-                seq.prefill = self._prefill_details(seq, logits[i])
-        last = logits[:, -1] if details else logits
-        self._kv = kv if self._kv is None else self._kv.merge(kv)
-        first = len(self._running)
-        self._running.extend(new)
-        self._plan = self.runner.plan([s.adapter for s in self._running])
-        self._emit(last, range(first, len(self._running)))
-
-    async def _step(self) -> None:
-        assert self._kv is not None
-        tokens = torch.tensor([s.generated[-1] for s in self._running], device=self.runner.device)
-        logits = await asyncio.to_thread(self.runner.decode, self._kv, tokens, self._plan)
-        self._emit(logits, range(len(self._running)))
-
-    def _emit(self, logits: torch.Tensor, rows: range) -> None:
-        finished = set()
-        seqs = [self._running[row] for row in rows]
-        chosen = choose_tokens(
-            logits,
-            [s.params for s in seqs],
-            lambda i: seqs[i].prompt + seqs[i].generated,
-            [s.generator for s in seqs],
-        )
-        for row, seq, choice in zip(rows, seqs, chosen, strict=True):
-            if choice is None:
-                log.warning("sampling gave no valid distribution for a row (%s); failing that request", seq.params)
-                seq.out.put_nowait(GenerationFailed("sampling failed: the parameters gave no valid distribution"))
-                finished.add(row)
-                continue
-            token, logprob = choice
-            seq.generated.append(token)
-            text = seq.text.push(token)
-            reason = self._finish_reason(seq, token)
-            seq.out.put_nowait(TokenInfo(token, text, logprob, token in self._special, final=reason is not None))
-            if reason is not None:
-                seq.out.put_nowait(self._result(seq, reason))
-                finished.add(row)
-        if finished:
-            self._keep([i for i in range(len(self._running)) if i not in finished])
-
-    def _finish_reason(self, seq: _Sequence, token: int) -> FinishReason | None:
-        if token == self._eos and not seq.params.ignore_eos_token:
+    def finish_reason(self, request: R, token: int, *, stopped: bool) -> FinishReason | None:
+        """Why ``request`` ends after choosing ``token`` (``stopped``: the detokenizer found a stop sequence)."""
+        if token == self._eos and not request.params.ignore_eos_token:
             return "eos_token"
-        if seq.text.stopped:
+        if stopped:
             return "stop_sequence"
-        if len(seq.generated) >= seq.params.max_new_tokens:
+        if len(request.generated) >= request.params.max_new_tokens:
             return "length"
         return None
 
-    def _result(self, seq: _Sequence, reason: FinishReason) -> GenerationResult:
-        queue_s, inference_s = seq.admitted_at - seq.accepted_at, time.perf_counter() - seq.admitted_at
-        return GenerationResult(
-            seq.text.text, reason, len(seq.prompt), len(seq.generated), seq.seed, seq.prefill, queue_s, inference_s
-        )
+    def drop_cancelled(self) -> list[int] | None:
+        """Forget cancelled requests. Returns the running rows kept when some running ones left, else None."""
+        self.waiting = deque(r for r in self.waiting if not r.cancelled)
+        if not any(r.cancelled for r in self.running):
+            return None
+        return self.remove({i for i, r in enumerate(self.running) if r.cancelled})
 
-    def _prefill_details(self, seq: _Sequence, logits: torch.Tensor) -> list[TokenInfo]:
-        # Left padding: the prompt's positions are the last len(prompt) of the row.
-        logprobs = logits[-len(seq.prompt) :].log_softmax(-1)
-        tokens = [TokenInfo(seq.prompt[0], self.tokenizer.decode([seq.prompt[0]]), None)]
-        for i, token in enumerate(seq.prompt[1:]):
-            tokens.append(TokenInfo(token, self.tokenizer.decode([token]), float(logprobs[i, token])))
-        return tokens
+    def remove(self, rows: set[int]) -> list[int]:
+        """Take ``rows`` out of the batch; returns the rows kept, in order."""
+        kept = [i for i in range(len(self.running)) if i not in rows]
+        self.running = [self.running[i] for i in kept]
+        return kept
 
-    def _keep(self, rows: list[int]) -> None:
-        self._running = [self._running[i] for i in rows]
-        if not rows:
-            self._kv, self._plan = None, BatchPlan()
-            return
-        assert self._kv is not None
-        self._kv = self._kv.select(torch.tensor(rows, device=self.runner.device))
-        self._plan = self.runner.plan([s.adapter for s in self._running])
+    def clear_running(self) -> list[R]:
+        """Empty the batch (its step failed); returns the requests it held."""
+        running, self.running = self.running, []
+        return running
 
-    def _fail_running(self, error: EngineError) -> None:
-        for seq in self._running:
-            seq.out.put_nowait(error)
-        self._running, self._kv, self._plan = [], None, BatchPlan()
-
-    def __repr__(self) -> str:
-        info: Any = self.info
-        return f"Engine(model_id={info.model_id!r}, device={info.device_type})"
+    def clear(self) -> list[R]:
+        """Forget every request (the engine is stopping); returns them, waiting then running."""
+        everything = [*self.waiting, *self.running]
+        self.waiting.clear()
+        self.running = []
+        return everything

@@ -1,14 +1,16 @@
 """What goes into the engine and what comes out: generation parameters, adapter references, streamed
 tokens, the final result, and the engine's error tree.
 
-Error tree (``status`` is the HTTP status LoRAX answers with, ``error_type`` its ``error_type`` field)::
+Error tree (``code`` is a stable, machine-readable name; a ValidationFailed may carry a finer one, such as
+``input_too_long``). The engine knows nothing of HTTP: :mod:`inference_service.errors` maps each class to the
+status and ``error_type`` LoRAX answers with::
 
-    EngineError                     500 incomplete_generation
-    ├── ValidationFailed            422 validation      bad parameters or prompt
-    ├── AdapterRefused              403 adapter_refused a source, bucket or path this engine does not serve
-    ├── AdapterLoadFailed           424 generation      adapter missing, unreadable or not for this model
-    ├── Overloaded                  429 overloaded      queue full
-    └── GenerationFailed            424 generation      the forward pass or the sampling failed
+    EngineError                     engine_error         anything else (shutting down, no result)
+    ├── ValidationFailed            invalid_request      bad parameters or prompt
+    ├── AdapterRefused              adapter_refused      a source, bucket or path this engine does not serve
+    ├── AdapterLoadFailed           adapter_load_failed  adapter missing, unreadable or not for this model
+    ├── Overloaded                  overloaded           queue full
+    └── GenerationFailed            generation_failed    the forward pass or the sampling failed
 
 ``message`` is what the client reads: it names the adapter id the client sent, never a storage path, a file
 the client did not name or an exception's text. ``detail`` (paths, store errors) is for the server's log only.
@@ -91,37 +93,33 @@ class GenerationResult:
 
 
 class EngineError(Exception):
-    status: int = 500
-    error_type: str = "incomplete_generation"
+    code: str = "engine_error"
 
-    def __init__(self, message: str, *, detail: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if code is not None:
+            self.code = code
         self.detail = detail  # logged, never sent
 
 
 class AdapterRefused(EngineError):
     """Refused before any storage is touched, so the answer is the same whether the adapter exists or not."""
 
-    status = 403
-    error_type = "adapter_refused"
+    code = "adapter_refused"
 
 
 class ValidationFailed(EngineError):
-    status = 422
-    error_type = "validation"
+    code = "invalid_request"
 
 
 class AdapterLoadFailed(EngineError):
-    status = 424
-    error_type = "generation"
+    code = "adapter_load_failed"
 
 
 class Overloaded(EngineError):
-    status = 429
-    error_type = "overloaded"
+    code = "overloaded"
 
 
 class GenerationFailed(EngineError):
-    status = 424
-    error_type = "generation"
+    code = "generation_failed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine import EngineError, TokenInfo
+from ..errors import error_body
 from ..schemas import ErrorResponse, PrefillToken, Token
 
 __all__ = ["ERROR_RESPONSES", "SSE_RESPONSE", "error_event", "prefill_token", "token"]
@@ -36,4 +37,4 @@ def prefill_token(t: TokenInfo) -> PrefillToken:
 
 def error_event(e: EngineError) -> dict[str, str]:
     """LoRAX's in-stream error (the HTTP status is already 200 by then)."""
-    return {"error": e.message, "error_type": e.error_type}
+    return error_body(e)

@@ -27,6 +27,7 @@ from inference_service.engine import (
     ValidationFailed,
 )
 from inference_service.engine.sampling import choose_tokens
+from inference_service.errors import lorax_error
 
 MAX_INPUT_CHARS = 20_000
 LONG_PROMPT = "word " * 3000  # under the character cap, far over max_input_length (1024 tokens)
@@ -122,7 +123,7 @@ def test_a_row_whose_sampling_fails_fails_alone(engine: Engine) -> None:
         return failed.value, items
 
     error, items = serve(engine, body)
-    assert error.status == 424 and "nan" not in error.message.lower()
+    assert lorax_error(error) == (424, "generation") and "nan" not in error.message.lower()
     assert all(isinstance(item, TokenInfo) for item in items[:-1])
     assert isinstance(items[-1], GenerationResult) and items[-1].generated_tokens == RUNNING.max_new_tokens
     assert engine.stats.batch_size == 0
@@ -156,7 +157,7 @@ def test_a_prompt_over_the_character_cap_never_reaches_the_tokenizer(engine: Eng
     async def body() -> None:
         with pytest.raises(ValidationFailed, match="max_input_chars") as refused:
             await anext(engine.generate("x" * (MAX_INPUT_CHARS + 1), GenerationParams(), None))
-        assert refused.value.status == 422 and refused.value.error_type == "validation"
+        assert refused.value.code == "input_too_many_chars" and lorax_error(refused.value) == (422, "validation")
 
     serve(engine, body)
     assert len(probe.encoded) == calls

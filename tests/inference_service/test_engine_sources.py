@@ -15,6 +15,7 @@ from inference_service.engine import AdapterCache, AdapterLoadFailed, AdapterRef
 from inference_service.engine import AdapterSourceKind as Kind
 from inference_service.engine.formats import ModelShapes
 from inference_service.engine.sources import LocalSource, S3Source
+from inference_service.errors import lorax_error
 from soppu.store import S3Store
 
 NO_SHAPES = ModelShapes({}, torch.device("cpu"), torch.float32)
@@ -23,7 +24,7 @@ NO_SHAPES = ModelShapes({}, torch.device("cpu"), torch.float32)
 def _refusal(source: LocalSource | S3Source, adapter_id: str) -> str:
     with pytest.raises(AdapterRefused) as refused:
         source.locate(adapter_id)
-    assert refused.value.status == 403 and refused.value.error_type == "adapter_refused"
+    assert refused.value.code == "adapter_refused" and lorax_error(refused.value) == (403, "adapter_refused")
     return refused.value.message
 
 
