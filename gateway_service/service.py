@@ -26,7 +26,7 @@ from soppu.auth import Principal, Role
 from soppu.errors import InvalidName, StoreUnavailable
 from soppu.protocol.invalidation import Invalidation
 from soppu.store.base import ObjectStore
-from soppu.store.layout import check_name, pointer_key
+from soppu.store.layout import check_name, parse_pointer_key, pointers_prefix
 
 from .errors import AdapterNotFound, Forbidden, InvalidRequest, StoreDown
 from .invalidation import follow
@@ -213,15 +213,14 @@ class Gateway:
         return min(asked or self.settings.default_max_new_tokens, self.settings.max_new_tokens_cap)
 
     async def adapter_names(self, user_id: str) -> list[str]:
-        # pointers/{user}/{adapter}/current.json: the layout's own key, cut around the adapter name
-        head, _, pointer_name = pointer_key(user_id, DEFAULT_ADAPTER).partition(f"/{DEFAULT_ADAPTER}/")
-        prefix = head + "/"
+        # Every published adapter has a pointer; the layout names where they live and parses their keys.
+        prefix = pointers_prefix(user_id)
         try:
             infos = await asyncio.to_thread(lambda: list(self.store.list(prefix)))
         except StoreUnavailable as e:
             raise StoreDown(f"cannot list adapters: {e.message}") from e
-        names = (info.key[len(prefix) :].split("/") for info in infos)
-        return sorted({parts[0] for parts in names if len(parts) == 2 and parts[1] == pointer_name})
+        owners = (parse_pointer_key(info.key) for info in infos)
+        return sorted({adapter for user, adapter in filter(None, owners) if user == user_id})
 
     async def store_ready(self) -> bool:
         try:

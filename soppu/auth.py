@@ -40,7 +40,7 @@ from enum import StrEnum
 
 from soppu.errors import InvalidName, ObjectNotFound, SoppuError
 from soppu.store.base import ObjectStore
-from soppu.store.layout import check_name, key_index_key, key_index_prefix, key_record_key
+from soppu.store.layout import check_name, key_index_key, key_index_prefix, key_record_key, parse_key_index_key
 
 __all__ = ["KEY_PREFIX", "KeyRecord", "KeyRing", "Principal", "Role", "UserDeleted", "format_key", "parse_key"]
 
@@ -247,8 +247,8 @@ class KeyRing:
         return True
 
     def user_keys(self, user_id: str) -> list[str]:
-        prefix = key_index_prefix(user_id)
-        return [info.key[len(prefix) :] for info in self._store.list(prefix)]
+        parsed = (parse_key_index_key(info.key) for info in self._store.list(key_index_prefix(user_id)))
+        return [key_id for user, key_id in filter(None, parsed) if user == user_id]
 
     def revoke_user(self, user_id: str) -> list[str]:
         """Revoke every key of ``user_id``; the revoked key ids."""

@@ -30,7 +30,15 @@ def _imports(package: str) -> dict[Path, set[str]]:
 
 def test_core_imports_no_web_framework_and_no_service() -> None:
     for path, names in _imports("soppu").items():
-        assert not names & {*WEB, *SERVICES}, f"{path.relative_to(ROOT)} imports {names & {*WEB, *SERVICES}}"
+        banned = names & {*WEB, *SERVICES, "soppu_web"}
+        assert not banned, f"{path.relative_to(ROOT)} imports {banned}"
+
+
+def test_shared_web_pieces_import_no_service() -> None:
+    # soppu_web holds what the services share and the core may not (Starlette, uvicorn): services import it,
+    # it imports none of them (a home under one service would make the others import that service).
+    for path, names in _imports("soppu_web").items():
+        assert not names & set(SERVICES), f"{path.relative_to(ROOT)} imports {names & set(SERVICES)}"
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -59,3 +67,74 @@ def test_the_gateway_runs_without_the_ml_stack() -> None:
         f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\nimport gateway_service.__main__, gateway_service.app"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+
+
+# Every kind of key in the bucket (soppu.store.layout). Outside that module a key is built and parsed only through
+# its functions: a prefix cut out of a real key, or written out again, breaks silently when the layout changes
+# (and deletion walks those prefixes).
+LAYOUT_MODULE = ROOT / "soppu" / "store" / "layout.py"
+KEY_KINDS = (
+    "originals",
+    "exports",
+    "cores",
+    "bases",
+    "manifests",
+    "pointers",
+    "jobs",
+    "idempotency",
+    "cohorts",
+    "tombstones",
+    "leases",
+    "keys",
+    "key-index",
+)
+KIND_NAMES = ("ORIGINALS", "EXPORTS", "CORES", "BASES", "MANIFESTS", "POINTERS", "JOBS", "IDEMPOTENCY", "COHORTS")
+KIND_NAMES += ("TOMBSTONES", "LEASES", "KEYS", "KEY_INDEX")
+
+
+def _docstrings(tree: ast.Module) -> set[int]:
+    """The ids of the docstring nodes of ``tree`` (module, class and function): prose may name keys."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def _key_literals(path: Path) -> list[str]:
+    """Where ``path`` writes a bucket key's kind prefix as a literal, or imports a kind name from the layout."""
+    tree = ast.parse(path.read_text(), str(path))
+    prose = _docstrings(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
+            if node.value.startswith(tuple(f"{kind}/" for kind in KEY_KINDS)):
+                found.append(f"line {node.lineno}: {node.value!r}")
+        elif isinstance(node, ast.ImportFrom) and node.module == "soppu.store.layout":
+            found += [f"line {node.lineno}: imports {a.name}" for a in node.names if a.name in KIND_NAMES]
+    return found
+
+
+def _sources() -> list[Path]:
+    return [path for package in ("soppu", *SERVICES) for path in sorted((ROOT / package).rglob("*.py"))]
+
+
+def test_only_the_layout_builds_or_parses_bucket_keys() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): hits
+        for path in _sources()
+        if path != LAYOUT_MODULE and (hits := _key_literals(path))
+    }
+    assert not offenders, f"bucket keys built outside soppu/store/layout.py: {offenders}"
+
+
+def test_the_key_check_sees_a_hand_built_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        '"""Docstrings may say pointers/{user}/{adapter}/current.json."""\n'
+        "from soppu.store.layout import JOBS\n"
+        'def f(user):\n    """originals/ in prose is fine."""\n    return f"pointers/{user}/"\n'
+    )
+    assert _key_literals(bad) == ["line 2: imports JOBS", "line 5: 'pointers/'"]

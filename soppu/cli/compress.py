@@ -232,7 +232,7 @@ def _summary(compression: Compression, errors: dict[str, dict[str, float]], beha
 def _compress(args: argparse.Namespace) -> int:
     from soppu.compression import Mode, RankPolicy, compress
     from soppu.compression.accounting import account
-    from soppu.compression.format import write_compression
+    from soppu.compression.format import bases_file_name, core_file_name, write_compression
     from soppu.verify.plot import plot_errors
     from soppu.verify.report import error_report, write_report
 
@@ -260,8 +260,8 @@ def _compress(args: argparse.Namespace) -> int:
         compression,
         [adapter for _, adapter in named],
         dtype=dtype,
-        bases_file_bytes=[sizes[f"bases-{k:03d}.safetensors"] for k in range(len(compression.clusters))],
-        core_file_bytes=[sizes[f"cores/{a.name}.safetensors"] for a in compression.adapters],
+        bases_file_bytes=[sizes[bases_file_name(k)] for k in range(len(compression.clusters))],
+        core_file_bytes=[sizes[core_file_name(a.name)] for a in compression.adapters],
     )
     behaviour = _behaviour(args, compression, named, _base_model(args))
     report = {"errors": error_report(compression), "accounting": accounting}

@@ -12,12 +12,14 @@ from soppu.registry.records import JobRecord, JobState, Manifest, Pointer, Tombs
 from soppu.registry.versions import latest_version, read_tombstone
 from soppu.store.base import ObjectStore
 from soppu.store.layout import (
-    COHORTS,
-    JOBS,
-    ORIGINALS,
     AdapterVersion,
+    adapter_jobs_prefix,
     adapter_prefixes,
-    check_name,
+    adapters_prefix,
+    cohorts_prefix,
+    jobs_prefix,
+    parse_cohort_state_key,
+    parse_original_key,
     pointer_key,
     tombstone_key,
     user_prefixes,
@@ -49,8 +51,8 @@ def read_manifest(store: ObjectStore, version: AdapterVersion) -> Manifest | Non
 
 
 def _adapter_names(store: ObjectStore, user_id: str) -> list[str]:
-    prefix = f"{ORIGINALS}/{check_name(user_id, 'user_id')}/"
-    return sorted({info.key[len(prefix) :].split("/", 1)[0] for info in store.list(prefix)})
+    parsed = (parse_original_key(info.key) for info in store.list(adapters_prefix(user_id)))
+    return sorted({ref.adapter for ref in parsed if ref is not None and ref.user_id == user_id})
 
 
 def list_adapters(store: ObjectStore, user_id: str) -> list[dict[str, Any]]:
@@ -58,9 +60,8 @@ def list_adapters(store: ObjectStore, user_id: str) -> list[dict[str, Any]]:
     adapters = []
     for name in _adapter_names(store, user_id):
         pointer = read_pointer(store, user_id, name)
-        prefix = f"{JOBS}/{user_id}/{name}/"
         versions = []
-        for info in store.list(prefix):
+        for info in store.list(adapter_jobs_prefix(user_id, name)):
             job = JobRecord.from_json(store.get(info.key).data)
             manifest = read_manifest(store, AdapterVersion(user_id, name, job.version))
             versions.append(
@@ -83,7 +84,7 @@ def pending_jobs(store: ObjectStore) -> list[AdapterVersion]:
     """Jobs that are queued or were running when a service stopped, or that the store failed: a restart runs
     them (again)."""
     pending = []
-    for info in store.list(f"{JOBS}/"):
+    for info in store.list(jobs_prefix()):
         job = JobRecord.from_json(store.get(info.key).data)
         if job.state in (JobState.QUEUED, JobState.RUNNING) or job.failed_by_store:
             pending.append(AdapterVersion(job.user_id, job.adapter, job.version))
@@ -94,8 +95,8 @@ def _leave_cohorts(pipeline: Pipeline, user_id: str, adapters: list[str]) -> lis
     """Take the adapters out of every cohort; refit (or retire) each basis their data fitted."""
     store, refits = pipeline.store, []
     leaving = {member_key(user_id, a) for a in adapters}
-    for info in list(store.list(f"{COHORTS}/")):
-        cohort = info.key.split("/")[1]
+    cohorts = (parse_cohort_state_key(info.key) for info in list(store.list(cohorts_prefix())))
+    for cohort in filter(None, cohorts):
         with pipeline.lock(f"cohort:{cohort}"):
             state = pipeline.load_cohort(cohort)
             holders = {key for keys in state.stale_bases.values() for key in keys}

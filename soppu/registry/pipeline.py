@@ -43,7 +43,14 @@ from soppu.registry.policy import CompressionPolicy, QualityGate, cohort_name
 from soppu.registry.records import CohortState, JobRecord, JobState, Manifest, Pointer, ServedFrom, now
 from soppu.registry.versions import allocate_version, latest_version, withdraw_upload
 from soppu.store.base import ObjectStore
-from soppu.store.layout import AdapterVersion, basis_key, cohort_state_key, pointer_key, relative_ref
+from soppu.store.layout import (
+    AdapterVersion,
+    basis_key,
+    cohort_state_key,
+    manifests_prefix,
+    pointer_key,
+    relative_ref,
+)
 
 __all__ = ["Pipeline", "member_key"]
 
@@ -52,6 +59,12 @@ log = logging.getLogger(__name__)
 
 def member_key(user_id: str, adapter: str) -> str:
     return f"{user_id}/{adapter}"
+
+
+def _member(key: str) -> tuple[str, str]:
+    """(user id, adapter name) of a :func:`member_key`."""
+    user, adapter = key.split("/")
+    return user, adapter
 
 
 def _core_name(version: AdapterVersion) -> str:
@@ -301,7 +314,7 @@ class Pipeline:
         self.sweep_stale(state)
         sources: dict[str, tuple[AdapterVersion, LoraAdapter, dict[str, bytes]]] = {}
         for key, number in sorted(state.members.items()):
-            user, adapter = key.split("/")
+            user, adapter = _member(key)
             source = self._newest_original(state, user, adapter, number)
             if source is None:
                 self._leave(state, key)
@@ -364,7 +377,7 @@ class Pipeline:
 
     def _current(self, key: str) -> Manifest | None:
         """The manifest of the member's current version, if it has one."""
-        user, adapter = key.split("/")
+        user, adapter = _member(key)
         try:
             pointer = Pointer.from_json(self.store.get(pointer_key(user, adapter)).data)
             return Manifest.from_json(self.store.get(pointer.manifest_key).data)
@@ -396,8 +409,8 @@ class Pipeline:
         that version stay, listed in ``stale_bases``, until :meth:`sweep_stale` finds them unused."""
         keeping = []
         for key in {*state.members, *holders, *others}:
-            user, adapter = key.split("/")
-            prefix = AdapterVersion(user, adapter, 1).manifest_key.rsplit("/", 1)[0] + "/"
+            user, adapter = _member(key)
+            prefix = manifests_prefix(user, adapter)
             current = self._current(key)
             if key in holders and current is not None and current.basis_key == old_basis:
                 keeping.append(key)

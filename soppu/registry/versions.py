@@ -18,7 +18,7 @@ from soppu.errors import ObjectExists, ObjectNotFound, SoppuError, StoreError
 from soppu.peft_files import PROBES_NAME
 from soppu.registry.records import IdempotencyRecord, JobRecord, Tombstone
 from soppu.store.base import ObjectStore
-from soppu.store.layout import AdapterVersion, idempotency_key, parse_version, tombstone_key
+from soppu.store.layout import AdapterVersion, idempotency_key, parse_original_key, tombstone_key, versions_prefix
 
 __all__ = [
     "IdempotencyConflict",
@@ -48,8 +48,8 @@ def body_digest(files: dict[str, bytes]) -> str:
 
 def latest_version(store: ObjectStore, user_id: str, adapter: str, *, below: int | None = None) -> int:
     """The highest version claimed for the adapter (below ``below``, if given); 0 if none."""
-    prefix = AdapterVersion(user_id, adapter, 1).original_prefix.rsplit("/", 1)[0] + "/"
-    versions = [parse_version(info.key[len(prefix) :].split("/", 1)[0]) for info in store.list(prefix)]
+    parsed = (parse_original_key(info.key) for info in store.list(versions_prefix(user_id, adapter)))
+    versions = [ref.version for ref in parsed if ref is not None and ref.adapter == adapter]
     return max((v for v in versions if below is None or v < below), default=0)
 
 

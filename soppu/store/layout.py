@@ -49,22 +49,33 @@ from soppu.peft_files import CONFIG_NAME, PROBES_NAME, WEIGHTS_NAME
 __all__ = [
     "LAYOUT",
     "AdapterVersion",
+    "adapter_jobs_prefix",
     "adapter_prefixes",
+    "adapters_prefix",
     "basis_key",
     "check_name",
     "cohort_state_key",
+    "cohorts_prefix",
     "format_version",
     "idempotency_key",
+    "jobs_prefix",
     "key_index_key",
     "key_index_prefix",
     "key_record_key",
     "lease_key",
+    "manifests_prefix",
     "name_digest",
+    "parse_cohort_state_key",
+    "parse_key_index_key",
+    "parse_original_key",
+    "parse_pointer_key",
     "parse_version",
     "pointer_key",
+    "pointers_prefix",
     "relative_ref",
     "tombstone_key",
     "user_prefixes",
+    "versions_prefix",
 ]
 
 ORIGINALS = "originals"
@@ -76,6 +87,7 @@ POINTERS = "pointers"
 CORE_NAME = "core.safetensors"
 BASES_NAME = "bases.safetensors"
 POINTER_NAME = "current.json"
+COHORT_STATE_NAME = "state.json"
 JOBS = "jobs"
 IDEMPOTENCY = "idempotency"
 COHORTS = "cohorts"
@@ -96,7 +108,7 @@ LAYOUT: tuple[str, ...] = (
     f"{POINTERS}/{{user}}/{{adapter}}/{POINTER_NAME}",
     f"{JOBS}/{{user}}/{{adapter}}/{{version}}.json",
     f"{IDEMPOTENCY}/{{user}}/{{adapter}}/{{digest}}.json",
-    f"{COHORTS}/{{cohort}}/state.json",
+    f"{COHORTS}/{{cohort}}/{COHORT_STATE_NAME}",
     f"{TOMBSTONES}/{{user_digest}}.json",
     f"{LEASES}/{{name_digest}}.json",
     f"{KEYS}/{{key_id}}.json",
@@ -133,6 +145,23 @@ def parse_version(text: str) -> int:
     return int(match[1])
 
 
+def _under(kind: str, *names: str) -> str:
+    """``kind/name/.../``: the prefix of every key of one kind under those names (with the trailing slash, so
+    ``u1`` never matches ``u10``). Every per-adapter key is built on it; callers check the names."""
+    return "".join(f"{part}/" for part in (kind, *names))
+
+
+def _parts(key: str, kind: str, count: int) -> list[str] | None:
+    """The ``count`` components of ``key`` after ``kind/``, or None if ``key`` is not of that kind and shape."""
+    head, _, rest = key.partition("/")
+    parts = rest.split("/")
+    return parts if head == kind and len(parts) == count else None
+
+
+def _valid_names(*names: str) -> bool:
+    return all(_NAME.fullmatch(name) for name in names)
+
+
 @dataclass(frozen=True, slots=True)
 class AdapterVersion:
     """One version of one user's adapter, and every key that belongs to it."""
@@ -146,26 +175,25 @@ class AdapterVersion:
         check_name(self.adapter, "adapter name")
         format_version(self.version)
 
-    @property
-    def _path(self) -> str:
-        return f"{self.user_id}/{self.adapter}/{format_version(self.version)}"
+    def _path(self, kind: str) -> str:
+        return f"{_under(kind, self.user_id, self.adapter)}{format_version(self.version)}"
 
     @property
     def original_prefix(self) -> str:
-        return f"{ORIGINALS}/{self._path}"
+        return self._path(ORIGINALS)
 
     @property
     def export_prefix(self) -> str:
         """The prefix LoRAX is given (no trailing slash: LoRAX appends the file names itself)."""
-        return f"{EXPORTS}/{self._path}"
+        return self._path(EXPORTS)
 
     @property
     def core_key(self) -> str:
-        return f"{CORES}/{self._path}/{CORE_NAME}"
+        return f"{self._path(CORES)}/{CORE_NAME}"
 
     @property
     def manifest_key(self) -> str:
-        return f"{MANIFESTS}/{self._path}.json"
+        return f"{self._path(MANIFESTS)}.json"
 
     @property
     def pointer_key(self) -> str:
@@ -173,7 +201,7 @@ class AdapterVersion:
 
     @property
     def job_key(self) -> str:
-        return f"{JOBS}/{self._path}.json"
+        return f"{self._path(JOBS)}.json"
 
     @property
     def job_id(self) -> str:
@@ -183,7 +211,7 @@ class AdapterVersion:
     @property
     def core_prefix(self) -> str:
         """The prefix our engine is given for the compressed form (``adapter_source=s3``)."""
-        return f"{CORES}/{self._path}"
+        return self._path(CORES)
 
     @classmethod
     def from_job_id(cls, job_id: str) -> AdapterVersion:
@@ -210,8 +238,60 @@ class AdapterVersion:
         return f"s3://{bucket}/{self.export_prefix}"
 
 
+_ORIGINAL_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, PROBES_NAME})
+
+
+def adapters_prefix(user_id: str) -> str:
+    """Where every adapter of ``user_id`` has its originals: listing it names them all (:func:`parse_original_key`)."""
+    return _under(ORIGINALS, check_name(user_id, "user_id"))
+
+
+def versions_prefix(user_id: str, adapter: str) -> str:
+    """Where every version of one adapter has its original, from the first claim on (see soppu.registry.versions)."""
+    return _under(ORIGINALS, check_name(user_id, "user_id"), check_name(adapter, "adapter name"))
+
+
+def parse_original_key(key: str) -> AdapterVersion | None:
+    """The version an ``originals/`` key belongs to; None for a key of another kind or shape."""
+    parts = _parts(key, ORIGINALS, 4)
+    if parts is None or not _valid_names(*parts[:2]) or parts[3] not in _ORIGINAL_FILES:
+        return None
+    match = _VERSION.fullmatch(parts[2])
+    if match is None or int(match[1]) == 0:
+        return None
+    return AdapterVersion(parts[0], parts[1], int(match[1]))
+
+
+def manifests_prefix(user_id: str, adapter: str) -> str:
+    """Where the manifest of every version of one adapter lives."""
+    return _under(MANIFESTS, check_name(user_id, "user_id"), check_name(adapter, "adapter name"))
+
+
+def jobs_prefix() -> str:
+    """Where every job record lives."""
+    return _under(JOBS)
+
+
+def adapter_jobs_prefix(user_id: str, adapter: str) -> str:
+    """Where the job record of every version of one adapter lives."""
+    return _under(JOBS, check_name(user_id, "user_id"), check_name(adapter, "adapter name"))
+
+
 def pointer_key(user_id: str, adapter: str) -> str:
-    return f"{POINTERS}/{check_name(user_id, 'user_id')}/{check_name(adapter, 'adapter name')}/{POINTER_NAME}"
+    return f"{_under(POINTERS, check_name(user_id, 'user_id'), check_name(adapter, 'adapter name'))}{POINTER_NAME}"
+
+
+def pointers_prefix(user_id: str) -> str:
+    """Where the pointer of every published adapter of ``user_id`` lives (:func:`parse_pointer_key`)."""
+    return _under(POINTERS, check_name(user_id, "user_id"))
+
+
+def parse_pointer_key(key: str) -> tuple[str, str] | None:
+    """(user id, adapter name) of a :func:`pointer_key`; None for a key of another kind or shape."""
+    parts = _parts(key, POINTERS, 3)
+    if parts is None or not _valid_names(*parts[:2]) or parts[2] != POINTER_NAME:
+        return None
+    return parts[0], parts[1]
 
 
 def basis_key(cohort: str, basis_version: int) -> str:
@@ -229,7 +309,7 @@ def adapter_prefixes(user_id: str, adapter: str) -> tuple[str, ...]:
     check_name(user_id, "user_id")
     check_name(adapter, "adapter name")
     kinds = (ORIGINALS, EXPORTS, CORES, MANIFESTS, POINTERS, JOBS, IDEMPOTENCY)
-    return tuple(f"{kind}/{user_id}/{adapter}/" for kind in kinds)
+    return tuple(_under(kind, user_id, adapter) for kind in kinds)
 
 
 def user_prefixes(user_id: str) -> tuple[str, ...]:
@@ -237,13 +317,13 @@ def user_prefixes(user_id: str) -> tuple[str, ...]:
     Key records live outside them (``keys/``) and are removed through the user's ``key-index/`` entries."""
     check_name(user_id, "user_id")
     kinds = (ORIGINALS, EXPORTS, CORES, MANIFESTS, POINTERS, JOBS, IDEMPOTENCY, KEY_INDEX)
-    return tuple(f"{kind}/{user_id}/" for kind in kinds)
+    return tuple(_under(kind, user_id) for kind in kinds)
 
 
 def idempotency_key(user_id: str, adapter: str, idempotency: str) -> str:
     """Scoped to one adapter: the same key sent for two adapter names is two uploads."""
     digest = hashlib.sha256(idempotency.encode()).hexdigest()[:32]
-    return f"{IDEMPOTENCY}/{check_name(user_id, 'user_id')}/{check_name(adapter, 'adapter name')}/{digest}.json"
+    return f"{_under(IDEMPOTENCY, check_name(user_id, 'user_id'), check_name(adapter, 'adapter name'))}{digest}.json"
 
 
 def name_digest(name: str) -> str:
@@ -262,7 +342,20 @@ def lease_key(name: str) -> str:
 
 
 def cohort_state_key(cohort: str) -> str:
-    return f"{COHORTS}/{check_name(cohort, 'cohort')}/state.json"
+    return f"{_under(COHORTS, check_name(cohort, 'cohort'))}{COHORT_STATE_NAME}"
+
+
+def cohorts_prefix() -> str:
+    """Where every cohort's state lives (:func:`parse_cohort_state_key`)."""
+    return _under(COHORTS)
+
+
+def parse_cohort_state_key(key: str) -> str | None:
+    """The cohort a :func:`cohort_state_key` names; None for a key of another kind or shape."""
+    parts = _parts(key, COHORTS, 2)
+    if parts is None or not _valid_names(parts[0]) or parts[1] != COHORT_STATE_NAME:
+        return None
+    return parts[0]
 
 
 def key_record_key(key_id: str) -> str:
@@ -270,8 +363,14 @@ def key_record_key(key_id: str) -> str:
 
 
 def key_index_prefix(user_id: str) -> str:
-    return f"{KEY_INDEX}/{check_name(user_id, 'user_id')}/"
+    return _under(KEY_INDEX, check_name(user_id, "user_id"))
 
 
 def key_index_key(user_id: str, key_id: str) -> str:
     return f"{key_index_prefix(user_id)}{check_name(key_id, 'key id')}"
+
+
+def parse_key_index_key(key: str) -> tuple[str, str] | None:
+    """(user id, key id) of a :func:`key_index_key`; None for a key of another kind or shape."""
+    parts = _parts(key, KEY_INDEX, 2)
+    return (parts[0], parts[1]) if parts is not None and _valid_names(*parts) else None
