@@ -7,6 +7,8 @@ import logging
 
 import uvicorn
 
+from soppu_web.serve import given, uvicorn_options
+
 from .app import create_app
 from .settings import CompressorSettings
 
@@ -42,18 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         "base_model": args.base_model,
         "workers": args.workers,
     }
-    # Init arguments take precedence over the environment in pydantic-settings.
-    settings = CompressorSettings(**{name: value for name, value in flags.items() if value is not None})
+    settings = CompressorSettings(**given(flags))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Keep-alive past uvicorn's 5 s default, which equals client pools' idle expiry (httpx: 5 s): a client could
-    # reuse a connection as the server closed it and lose the request.
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level,
-        timeout_keep_alive=settings.keep_alive_s,
-    )
+    uvicorn.run(create_app(settings), **uvicorn_options(settings, args.log_level))
 
 
 if __name__ == "__main__":

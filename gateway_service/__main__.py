@@ -13,10 +13,11 @@ import argparse
 import json
 import logging
 import os
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+
+from soppu_web.serve import given, uvicorn_options
 
 from .app import create_app
 from .settings import BackendConfig, BackendKind, GatewaySettings
@@ -95,28 +96,19 @@ def main(argv: list[str] | None = None) -> None:
         "backends": args.backends,
         "no_adapter": args.no_adapter,
     }
-    # Init arguments take precedence over the environment in pydantic-settings.
-    given = {name: value for name, value in flags.items() if value is not None}
-    settings = GatewaySettings(**given)
+    overrides = given(flags)
+    settings = GatewaySettings(**overrides)
     if args.workers < 1:
         raise SystemExit(f"--workers must be at least 1, got {args.workers}")
-    # Our own access line carries the request id; uvicorn's would only repeat it without. Keep-alive: uvicorn's
-    # default (5 s) is what client pools keep idle connections for (httpx: 5 s), so a client reusing one as
-    # the gateway closes it lost the request; the gateway now outlasts them.
-    options: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": args.log_level,
-        "access_log": False,
-        "timeout_keep_alive": settings.keep_alive_s,
-    }
+    # Our own access line carries the request id; uvicorn's would only repeat it without.
+    options = {**uvicorn_options(settings, args.log_level), "access_log": False}
     if args.workers == 1:
         _configure_logging(args.log_level)
         uvicorn.run(create_app(settings), **options)
         return
-    if given.get("backends"):
-        given["backends"] = [backend.model_dump(mode="json") for backend in given["backends"]]
-    os.environ[_LAUNCH_ENV] = json.dumps({"flags": given, "log_level": args.log_level})
+    if overrides.get("backends"):
+        overrides["backends"] = [backend.model_dump(mode="json") for backend in overrides["backends"]]
+    os.environ[_LAUNCH_ENV] = json.dumps({"flags": overrides, "log_level": args.log_level})
     uvicorn.run("gateway_service.__main__:worker_app", factory=True, workers=args.workers, **options)
 
 

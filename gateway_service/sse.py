@@ -1,7 +1,7 @@
 """Server-Sent Events through the gateway: cutting an upstream byte stream into whole events (so each can be
 inspected, counted or rewritten before it goes on), reading an event's data, the ``data: ...\\n\\n`` framing of
-the gateway's own events, and a response that always runs its cleanup, so a client that hangs up closes the
-upstream stream.
+the gateway's own events; the response that always runs its cleanup, so a client that hangs up closes the
+upstream stream, is the services' shared :class:`soppu_web.sse.EventStreamResponse`.
 
 Upstream events are read as the SSE standard has them: ``data:`` with or without one space after the colon.
 LoRAX 0.12.1 writes none (``data:{...}``: axum's ``Event``, router/src/server.rs:891 and :172); the engine writes
@@ -11,11 +11,9 @@ one. Events pass on as they came; the gateway's own are written with the space.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 
-import anyio
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from soppu_web.sse import EventStreamResponse
 
 __all__ = ["EventStreamResponse", "error_event", "event_data", "split_events"]
 
@@ -49,28 +47,3 @@ async def split_events(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, No
             yield event + _END
     if pending.strip():
         yield pending + _END
-
-
-class EventStreamResponse(StreamingResponse):
-    """A ``text/event-stream`` response over ``events``; ``on_close`` runs when the response ends for any
-    reason (finished, failed, client gone), shielded from the cancellation that a disconnect brings."""
-
-    media_type = "text/event-stream"
-
-    def __init__(
-        self,
-        events: AsyncGenerator[bytes, None],
-        on_close: Callable[[], Awaitable[None]],
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(events, headers={"Cache-Control": "no-cache", **(headers or {})})
-        self._events = events
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._events.aclose()
-                await self._on_close()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import uvicorn
 
+from soppu_web.serve import given, uvicorn_options
+
 from .app import create_app
 from .settings import EngineSettings
 
@@ -53,17 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         "local_adapter_roots": args.local_adapter_roots,
         "s3_buckets": args.s3_buckets,
     }
-    # Init arguments take precedence over the environment in pydantic-settings.
-    settings = EngineSettings(**{name: value for name, value in flags.items() if value is not None})
-    # Keep-alive past uvicorn's 5 s default, which equals client pools' idle expiry (httpx: 5 s): a client could
-    # reuse a connection as the server closed it and lose the request.
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level,
-        timeout_keep_alive=settings.keep_alive_s,
-    )
+    settings = EngineSettings(**given(flags))
+    uvicorn.run(create_app(settings), **uvicorn_options(settings, args.log_level))
 
 
 if __name__ == "__main__":
