@@ -1,29 +1,25 @@
 """Every failure as ``{"error": {"code", "message"}}`` with a fixed status per code.
 
-The core's codes (:mod:`soppu.errors`) map onto HTTP here and nowhere else:
+The core's codes take their status from :data:`soppu.errors.STATUS`, the one table of them (400 a malformed
+upload, 404, 409 a conflict with what is stored, 413, 415 not a kind of file we take, 422 well formed but not an
+adapter we can serve or compress, 502 ``store_error``, 503 ``store_unavailable``, 500 a bug). The service adds
+its own codes:
 
 ==========================================================================  ======
 code                                                                        status
 ==========================================================================  ======
-``missing_config`` ``missing_weights`` ``bad_header`` ``bad_archive``        400    (the request is malformed)
-``unsafe_archive`` ``bad_request``
+``bad_request``                                                              400
 ``unauthorized`` (no key, or a key that is unknown, malformed or revoked)    401
 ``forbidden`` (a key without the right to this user or action)               403
-``not_found`` ``cohort_not_found``                                           404
-``idempotency_conflict`` (the Idempotency-Key was used with another body)    409
-``user_deleted`` (the user is being deleted; the upload was not stored)
+``method_not_allowed``                                                       405
 ``request_timeout`` (the body did not arrive in time; see soppu.protocol)    408
-``too_large`` (body, file, archive or unpacked contents over a limit)        413
-``not_safetensors`` ``pickle_rejected`` ``unsupported_media_type``           415    (not a kind of file we take)
-``bad_config`` ``shape_mismatch`` ``missing_tensor`` ``unexpected_tensor``   422    (well formed, but not an
-``non_finite`` ``unsupported_dtype`` ``unsupported_variant``                        adapter we can serve)
-``base_model_mismatch`` ``bad_probes`` ``invalid_name`` ``invalid_request``
-``lorax_rank_limit`` ``lorax_partial_layers`` (LoRAX 0.12.1 could not serve it exactly)
-``store_error`` (the store refused an operation)                             502
-``store_unavailable`` ``busy`` (the job queue is full) ``not_ready``,        503
-with ``Retry-After``
-anything else (a bug)                                                        500    ``internal_error``
+``unsupported_media_type``                                                   415
+``invalid_request`` (a field of the request is invalid)                      422
+``busy`` (the job queue is full) ``not_ready``                               503
 ==========================================================================  ======
+
+``store_unavailable``, ``busy`` and ``not_ready`` come with ``Retry-After``. Anything not in the table (a bug)
+answers 500 ``internal_error``.
 """
 
 from __future__ import annotations
@@ -35,48 +31,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from soppu.errors import STATUS as CORE_STATUS
 from soppu.errors import SoppuError
 
 __all__ = ["STATUS", "ApiError", "error_response", "install_handlers"]
 
 log = logging.getLogger(__name__)
 
-STATUS: dict[str, int] = {
-    **dict.fromkeys(
-        ("missing_config", "missing_weights", "bad_header", "bad_archive", "unsafe_archive", "bad_request"), 400
-    ),
+# The service's own codes; they never reuse a core code.
+SERVICE_STATUS: dict[str, int] = {
+    "bad_request": 400,
     "unauthorized": 401,
     "forbidden": 403,
-    "not_found": 404,
-    "cohort_not_found": 404,
     "method_not_allowed": 405,
-    "idempotency_conflict": 409,
-    "user_deleted": 409,
-    "too_large": 413,
-    **dict.fromkeys(("not_safetensors", "pickle_rejected", "unsupported_media_type"), 415),
-    **dict.fromkeys(
-        (
-            "bad_config",
-            "shape_mismatch",
-            "missing_tensor",
-            "unexpected_tensor",
-            "non_finite",
-            "unsupported_dtype",
-            "unsupported_variant",
-            "base_model_mismatch",
-            "bad_probes",
-            "invalid_name",
-            "invalid_request",
-            "lorax_rank_limit",
-            "lorax_partial_layers",
-        ),
-        422,
-    ),
-    "store_error": 502,
-    "store_unavailable": 503,
+    "unsupported_media_type": 415,
+    "invalid_request": 422,
     "busy": 503,
     "not_ready": 503,
 }
+STATUS: dict[str, int] = {**CORE_STATUS, **SERVICE_STATUS}
 _RETRY = frozenset({"store_unavailable", "busy", "not_ready"})
 _BY_HTTP_STATUS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
@@ -113,6 +86,8 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
         if e.code not in STATUS:
             log.error("unmapped error [%s] during %s %s: %s", e.code, request.method, request.url.path, e.message)
             return error_response("internal_error", f"[{e.code}] {e.message}", retry_after_s)
+        if STATUS[e.code] == 500:  # a bug or a broken installation: for the operator too
+            log.error("error [%s] during %s %s: %s", e.code, request.method, request.url.path, e.message)
         return error_response(e.code, e.message, retry_after_s)
 
     async def on_request_invalid(_: Request, e: Exception) -> JSONResponse:

@@ -18,12 +18,15 @@
 Errors a backend answers with (422 validation, 424 generation, 429 overloaded ...) are not raised: they pass
 through with their status and body. An error event that opens a stream (LoRAX 0.12.1 sends every error so, after
 its 200) passes through the same way, with the status LoRAX gives its type outside a stream
-(:mod:`~gateway_service.dialects`). Codes never change meaning once released.
+(:mod:`~gateway_service.dialects`). A core error the gateway answers (``store_unavailable``) takes its status from
+:data:`soppu.errors.STATUS`. Codes never change meaning once released.
 """
 
 from __future__ import annotations
 
 import math
+
+from soppu.errors import STATUS, StoreUnavailable
 
 __all__ = [
     "AdapterNotFound",
@@ -115,7 +118,9 @@ class NoBackend(GatewayError):
 
 
 class StoreDown(GatewayError):
-    status, error_type = 503, "store_unavailable"
+    """The core's StoreUnavailable, answered with its code and its status (soppu.errors.STATUS)."""
+
+    status, error_type = STATUS[StoreUnavailable.code], StoreUnavailable.code
 
 
 class UpstreamTimeout(GatewayError):

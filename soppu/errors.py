@@ -8,12 +8,15 @@ Every failure the core reports on purpose is a :class:`SoppuError` carrying a st
     ├── StoreError              the object store refused or failed
     │   ├── ObjectNotFound      code "not_found"
     │   ├── ObjectExists        code "already_exists" (a create-only put lost the race)
+    │   ├── ObjectChanged       code "object_changed" (a conditional put lost: another writer won)
     │   └── StoreUnavailable    code "store_unavailable" (network, credentials, bucket)
     ├── InvalidName             code "invalid_name": a user id, adapter name or key that is not allowed
     ├── CompressionError        compression could not run (codes listed on the class)
     └── ExamplesError           the example fixture could not be built (codes listed on the class)
 
-Codes never change meaning once released; new failures get new codes.
+Codes never change meaning once released; new failures get new codes. Every code has one HTTP status, in
+:data:`STATUS` (a plain table, so the core still knows nothing of web frameworks); every service that answers a
+core error over HTTP takes its status from there, and a test keeps every code the core raises in it.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
+    "STATUS",
     "AdapterError",
     "AdapterErrorCode",
     "CompressionError",
     "ExamplesError",
     "InvalidName",
+    "ObjectChanged",
     "ObjectExists",
     "ObjectNotFound",
     "SoppuError",
@@ -145,3 +150,57 @@ class ExamplesError(SoppuError):
 
     def __init__(self, code: str, message: str, **detail: Any) -> None:
         super().__init__(message, code=code, **detail)
+
+
+# Every code the core raises, with the HTTP status a service answers it with. Codes raised by classes defined
+# elsewhere in the core are here too: ``user_deleted`` (soppu.auth.UserDeleted), ``idempotency_conflict``
+# (soppu.registry.versions.IdempotencyConflict), ``cohort_not_found`` (soppu.registry.pipeline).
+STATUS: dict[str, int] = {
+    # the request is malformed
+    **dict.fromkeys(("missing_config", "missing_weights", "bad_header", "bad_archive", "unsafe_archive"), 400),
+    **dict.fromkeys(("not_found", "cohort_not_found"), 404),
+    # a conflict with what is stored: a create-only put or a conditional put lost, a key reused, a user going
+    **dict.fromkeys(("already_exists", "object_changed", "idempotency_conflict", "user_deleted"), 409),
+    "too_large": 413,
+    # not a kind of file we take
+    **dict.fromkeys(("not_safetensors", "pickle_rejected"), 415),
+    # well formed, but not an adapter we can serve (LoRAX 0.12.1 could not serve it exactly, for the last two)
+    **dict.fromkeys(
+        (
+            "bad_config",
+            "shape_mismatch",
+            "missing_tensor",
+            "unexpected_tensor",
+            "non_finite",
+            "unsupported_dtype",
+            "unsupported_variant",
+            "base_model_mismatch",
+            "bad_probes",
+            "invalid_name",
+            "lorax_rank_limit",
+            "lorax_partial_layers",
+        ),
+        422,
+    ),
+    # the adapters cannot be compressed as asked (CompressionError), or the example set as asked (ExamplesError)
+    **dict.fromkeys(
+        (
+            "compression_error",
+            "incompatible_adapters",
+            "bad_rank",
+            "bad_compressed_format",
+            "basis_mismatch",
+            "no_adapters",
+            "bad_clusters",
+            "unknown_base",
+            "too_many_users",
+        ),
+        422,
+    ),
+    # a bug, or a broken installation
+    **dict.fromkeys(
+        ("soppu_error", "examples_error", "missing_base_package", "corrupt_base_file", "missing_shipped_adapters"), 500
+    ),
+    "store_error": 502,  # the store refused an operation
+    "store_unavailable": 503,  # retry later
+}
