@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = [
     "LORAX_BGMV_WIDTHS",
@@ -180,7 +180,7 @@ def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
     return data
 
 
-def _is_positive_int(value: object) -> bool:
+def _is_positive_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
@@ -229,7 +229,9 @@ def _config_problems(config: dict[str, Any], *, disable_sgmv: bool) -> list[str]
 
     hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
     kv_heads, inter = config.get("num_key_value_heads", heads), config.get("intermediate_size")
-    if not all(_is_positive_int(v) for v in (hidden, heads, kv_heads, inter)):
+    if not (
+        _is_positive_int(hidden) and _is_positive_int(heads) and _is_positive_int(kv_heads) and _is_positive_int(inter)
+    ):
         return problems  # shapes are undefined; the problems above already say why
     if hidden % heads:
         # flash_llama_modeling.py:191 asserts this at load time.

@@ -249,7 +249,7 @@ def _collect_zip(source: BinaryIO, collector: _Collector) -> None:
 class _InflateBound(io.RawIOBase):
     """A read-only stream over ``inner`` that fails once more than ``limit`` bytes came out of it."""
 
-    def __init__(self, inner: BinaryIO, limit: int) -> None:
+    def __init__(self, inner: BinaryIO | gzip.GzipFile, limit: int) -> None:
         self.inner, self.limit, self.count = inner, limit, 0
 
     def readable(self) -> bool:
@@ -269,7 +269,7 @@ class _InflateBound(io.RawIOBase):
 def _collect_tar(source: BinaryIO, collector: _Collector, compressed: bool) -> None:
     # Tar headers add 512-byte blocks around every member; allow for them on top of the unpacked limit.
     bound = collector.limits.max_unpacked_bytes + 1024 * (collector.limits.max_archive_members + 2)
-    raw: BinaryIO = gzip.GzipFile(fileobj=source) if compressed else source
+    raw = gzip.GzipFile(fileobj=source) if compressed else source
     stream = io.BufferedReader(_InflateBound(raw, bound))
     # Stream mode ("r|"): members are read in order and never seeked, so the bound above always applies.
     with tarfile.open(fileobj=stream, mode="r|") as archive:

@@ -107,8 +107,8 @@ def validate_files(
     specs, _metadata = check_safetensors_header(files.weights, limits)
     with pattern_budget():
         pairs = _pair_modules(specs, config)
-        for module, (a, b) in pairs.items():
-            _check_shapes(module, a, b, config)
+        for module, (a_spec, b_spec) in pairs.items():
+            _check_shapes(module, a_spec, b_spec, config)
         scalings = {module: config.scaling_for(module) for module in pairs}
 
     try:

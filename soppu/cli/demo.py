@@ -54,7 +54,7 @@ _SMOLLM2_GATE = {
 }
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run the whole product on the example users: upload, compress, serve through the gateway",

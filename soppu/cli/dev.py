@@ -14,7 +14,7 @@ from soppu.cli.stack import Stack, StackConfig
 __all__ = ["add_parser"]
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dev = subparsers.add_parser(
         "dev",
         help="run the stack (S3 server, engine, compressor, gateway) as local processes until Ctrl-C",

@@ -14,7 +14,7 @@ from soppu.examples.smollm2_set import SHIPPED_DIR, TrainingSpec
 __all__ = ["add_parser"]
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "examples",
         help="build, train and check the example base model and per-user adapters",

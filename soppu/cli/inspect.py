@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from safetensors import safe_open
 
@@ -13,7 +14,7 @@ from soppu.cli.tables import print_table
 __all__ = ["add_parser"]
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "inspect",
         help="show an adapter or a compressed artifact: modules, ranks, bytes",
@@ -25,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_inspect)
 
 
-def _print(info: dict, as_json: bool) -> None:
+def _print(info: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return
@@ -38,7 +39,7 @@ def _print(info: dict, as_json: bool) -> None:
         print_table(["module", *columns], [[m, *(row.get(c, "") for c in columns)] for m, row in modules.items()])
 
 
-def _adapter_info(path: Path) -> dict:
+def _adapter_info(path: Path) -> dict[str, Any]:
     from soppu.adapter import read_adapter
 
     adapter = read_adapter(path)
@@ -61,7 +62,7 @@ def _adapter_info(path: Path) -> dict:
     }
 
 
-def _compression_info(directory: Path) -> dict:
+def _compression_info(directory: Path) -> dict[str, Any]:
     from soppu.compression.format import read_compression
 
     compression = read_compression(directory)
@@ -87,11 +88,11 @@ def _compression_info(directory: Path) -> dict:
     }
 
 
-def _artifact_info(path: Path) -> dict:
+def _artifact_info(path: Path) -> dict[str, Any]:
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
         shapes = {name: list(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 - not a dict
-    info: dict = {key: metadata[key] for key in sorted(metadata) if key != "modules"}
+    info: dict[str, Any] = {key: metadata[key] for key in sorted(metadata) if key != "modules"}
     info["bytes"] = path.stat().st_size
     info["modules"] = {name: {"shape": shape} for name, shape in sorted(shapes.items())}
     return info

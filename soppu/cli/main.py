@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from soppu import __version__
 from soppu.cli import compress, demo, dev, examples, inspect
@@ -31,10 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # every subcommand sets its handler with set_defaults(handler=...)
+    handler: Callable[[argparse.Namespace], int] = args.handler
     if os.environ.get("SOPPU_DEBUG"):
-        return args.handler(args)  # full tracebacks for debugging
+        return handler(args)  # full tracebacks for debugging
     try:
-        return args.handler(args)
+        return handler(args)
     except SoppuError as e:
         # Bad input ends with one clear line, never a traceback.
         print(f"error [{e.code}]: {e.message}", file=sys.stderr)

@@ -226,5 +226,12 @@ class Stack:
 
 def free_ports_config(model: Path, workdir: Path, **extra: Any) -> StackConfig:
     """A stack config on free ports, so a demo or a test never collides with a running `make dev`."""
-    ports = {f"{name}_port": free_port() for name in ("gateway", "compressor", "engine", "s3")}
-    return StackConfig(model=model.resolve(), workdir=workdir, **ports, **extra)
+    return StackConfig(
+        model=model.resolve(),
+        workdir=workdir,
+        gateway_port=free_port(),
+        compressor_port=free_port(),
+        engine_port=free_port(),
+        s3_port=free_port(),
+        **extra,
+    )

@@ -324,8 +324,8 @@ def _json_field(metadata: dict[str, str], key: str) -> Any:
 
 def _parse_meta(metadata: dict[str, str]) -> ArtifactMeta:
     try:
-        mode = Mode(metadata.get("mode"))
-    except ValueError as e:
+        mode = Mode(metadata["mode"])
+    except (KeyError, ValueError) as e:
         raise _bad(f"unknown mode {metadata.get('mode')!r}", field="mode") from e
     targets = _json_field(metadata, "target_modules")
     if isinstance(targets, list) and all(isinstance(t, str) for t in targets):
@@ -344,7 +344,9 @@ def _positive_int(value: Any, what: str) -> int:
     return value
 
 
-def _modules_table(metadata: dict[str, str], tensors: dict[str, torch.Tensor], suffixes: tuple[str, ...]) -> dict:
+def _modules_table(
+    metadata: dict[str, str], tensors: dict[str, torch.Tensor], suffixes: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
     table = _json_field(metadata, "modules")
     if not isinstance(table, dict) or not table or not all(isinstance(v, dict) for v in table.values()):
         raise _bad("metadata field 'modules' must map module names to objects", field="modules")
@@ -436,10 +438,10 @@ def read_core(data: bytes, *, bases: BasesFile | None = None, cluster: int = 0) 
                 extras[key][module] = value
     adapter = CompressedAdapter(name, cluster, cores, extras["source_rank"], extras["source_scaling"], extras["error"])
     bases_ref = metadata.get("bases")
-    core = CoreFile(basis_id, meta, adapter, bases_ref if isinstance(bases_ref, str) and bases_ref else None)
+    core_file = CoreFile(basis_id, meta, adapter, bases_ref if isinstance(bases_ref, str) and bases_ref else None)
     if bases is not None:
-        _check_pair(core, bases)
-    return core
+        _check_pair(core_file, bases)
+    return core_file
 
 
 def _manifest(directory: Path) -> dict[str, Any]:

@@ -64,7 +64,9 @@ def climb(
         )
         return compressed, exported, [_skipped_projection(compressed, reason)]
     reference = gate.reference(original, probes)  # the original's side, once for every step
-    ladder = [{"step": "projection", "gate": gate.check(original, exported, compressed.errors, probes, reference)}]
+    ladder: list[dict[str, Any]] = [
+        {"step": "projection", "gate": gate.check(original, exported, compressed.errors, probes, reference)}
+    ]
     if ladder[-1]["gate"]["passed"]:
         return compressed, exported, ladder
     if not gate.can_fit(original):

@@ -20,6 +20,7 @@ promise the same semantics, and ``tests/soppu/test_store.py`` runs one suite aga
 
 from __future__ import annotations
 
+import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -115,7 +116,8 @@ class ObjectStore(ABC):
             return False
         return True
 
-    def delete_prefix(self, prefix: str) -> list[str]:
+    # builtins.list: inside the class body, ``list`` is the method above
+    def delete_prefix(self, prefix: str) -> builtins.list[str]:
         """Delete every object under ``prefix`` and return the keys removed."""
         keys = [info.key for info in self.list(prefix)]
         for key in keys:
