@@ -3,12 +3,13 @@ and the left padding a batched ``generate`` needs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-__all__ = ["greedy_generate", "left_padded"]
+__all__ = ["generate_ids", "greedy_generate", "left_padded"]
 
 
 def left_padded(
@@ -20,6 +21,14 @@ def left_padded(
     ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     return ids, mask
+
+
+def generate_ids(model: nn.Module, **kwargs: Any) -> torch.Tensor:
+    """``model.generate(**kwargs)`` of a Hugging Face causal LM: the token ids (prompts + continuations) it returns
+    without ``return_dict_in_generate``. Typed here once: ``nn.Module`` types an unknown attribute as a tensor or a
+    submodule, and transformers declares ``generate`` to return a union of output classes."""
+    generate = cast("Callable[..., torch.Tensor]", model.generate)
+    return generate(**kwargs)
 
 
 @torch.no_grad()

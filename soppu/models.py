@@ -39,7 +39,10 @@ def load_causal_lm(path: Path | str, device: str = "auto") -> tuple[torch.nn.Mod
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        # as an nn.Module: transformers' @wraps(Module.to) on PreTrainedModel.to hides its ``self`` from mypy
+        model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
+            str(path), local_files_only=True, dtype=torch.float32
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return model.to(resolve_device(device)).eval(), tokenizer
 

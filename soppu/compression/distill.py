@@ -32,7 +32,7 @@ from soppu.adapter.apply import LoraHooks, apply_adapter
 from soppu.adapter.model import LoraAdapter
 from soppu.compression.factors import core_to_factors
 from soppu.compression.model import Mode, ModuleBasis
-from soppu.generation import left_padded
+from soppu.generation import generate_ids, left_padded
 
 __all__ = ["DistillSettings", "FittedCores", "Teacher", "fit_cores", "position_kl", "teacher_text"]
 
@@ -89,7 +89,8 @@ def _sample(
     width = ids.shape[1]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        out = model.generate(
+        out = generate_ids(
+            model,
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=tokens,
@@ -221,12 +222,12 @@ def fit_cores(
                 if step == settings.steps or all(diverged):
                     break
                 optimiser.zero_grad(set_to_none=True)
-                total = sum(loss for loss, d in zip(current, diverged, strict=True) if not d)
+                total = torch.stack([loss for loss, d in zip(current, diverged, strict=True) if not d]).sum()
                 total.backward()
                 for j, d in enumerate(diverged):
                     if d:  # a diverged adapter stops moving; the others go on
-                        for p in params[j].values():
-                            p.grad = None
+                        for param in params[j].values():
+                            param.grad = None
                 optimiser.step()
                 taken = step + 1
     finally:

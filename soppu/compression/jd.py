@@ -87,7 +87,8 @@ def _polar(g: torch.Tensor) -> torch.Tensor:
     ``Q_0 X Y^T``. Only an R x R SVD on top of a QR; a rank-deficient ``G`` still gives orthonormal columns."""
     q, r = torch.linalg.qr(g)
     x, _, yh = torch.linalg.svd(r)
-    return q @ (x @ yh)
+    polar: torch.Tensor = q @ (x @ yh)
+    return polar
 
 
 def _per_adapter_bytes(stack: FactorStack, rank: int, mode: Mode) -> int:

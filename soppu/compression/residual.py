@@ -56,7 +56,8 @@ def _residual_norms(stack: FactorStack, basis: ModuleBasis, core: torch.Tensor, 
     right_t = torch.cat([stack.a.transpose(1, 2), basis.v.expand(n, -1, -1)], dim=2)
     # Only R is needed: mode="r" skips forming Q (half the memory and work).
     r_right = torch.linalg.qr(right_t, mode="r").R
-    return torch.linalg.matrix_norm(left @ r_right.transpose(1, 2))
+    norms: torch.Tensor = torch.linalg.matrix_norm(left @ r_right.transpose(1, 2))
+    return norms
 
 
 def relative_errors(

@@ -20,7 +20,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Never
 
 import torch
 from tqdm import tqdm
@@ -92,7 +92,7 @@ class ExamplesSpec:
 _FIRST_ADAPTER_FIELD = next(f for f in dataclasses.fields(ExamplesSpec) if f.name == "users")
 
 
-def _bar(total: int, desc: str, enabled: bool) -> tqdm:
+def _bar(total: int, desc: str, enabled: bool) -> tqdm[Never]:
     # disable=None: bars only on a terminal, so logs and CI output stay readable.
     return tqdm(total=total, desc=desc, unit="step", disable=None if enabled else True, leave=False, dynamic_ncols=True)
 
@@ -103,6 +103,7 @@ def _build_base(spec: ExamplesSpec, out: Path, progress: bool) -> None:
     lines = base_corpus(spec.corpus_lines, spec.seed)
     tokenizer = train_tokenizer(lines, spec.vocab_size)
     pad_id, eos_id = tokenizer.token_to_id(PAD), tokenizer.token_to_id(EOS)
+    assert pad_id is not None and eos_id is not None  # train_tokenizer makes both special tokens
     config = LlamaConfig(
         vocab_size=tokenizer.get_vocab_size(),
         hidden_size=spec.hidden_size,

@@ -9,7 +9,7 @@ questions batched together with that user's adapter hooked in.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -18,7 +18,11 @@ from soppu.adapter import AdapterConfig, LoraAdapter, LoraModule
 from soppu.adapter.apply import apply_adapter
 from soppu.examples.personal import FACTS, PersonalUser
 from soppu.examples.training import LoraTrainingSpec, train_user_adapters
+from soppu.generation import generate_ids
 from soppu.lora import lora_scaling
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 __all__ = ["ask", "chat_prompt", "train_personal_adapters"]
 
@@ -66,7 +70,7 @@ def train_personal_adapters(
     lr: float,
     generator: torch.Generator,
     users_per_batch: int = 4,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> list[LoraAdapter]:
     """Each user's adapter, trained so that the model states that user's facts when asked.
 
@@ -88,9 +92,10 @@ def _train_batch(
     steps: int,
     lr: float,
     generator: torch.Generator,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int], object] | None,
 ) -> list[LoraAdapter]:
-    layers = model.config.num_hidden_layers
+    # a transformers model's config: nn.Module types an unknown attribute as a tensor or a submodule
+    layers: int = cast("PreTrainedConfig", model.config).num_hidden_layers
     modules = [f"model.layers.{i}.self_attn.{t}" for i in range(layers) for t in _ALL_TARGETS]
     used = [{m for m in modules if m.rsplit(".", 1)[1] in u.recipe.targets} for u in users]
     spec = LoraTrainingSpec(
@@ -146,7 +151,8 @@ def ask(
         tokenizer.padding_side = saved
 
     def generate() -> torch.Tensor:
-        return model.generate(
+        return generate_ids(
+            model,
             **dict(batch),
             max_new_tokens=max_new_tokens,
             do_sample=False,

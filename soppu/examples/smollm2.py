@@ -25,7 +25,7 @@ import importlib.metadata
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -113,15 +113,16 @@ def _tokenizer_config(tokenizer: Any) -> dict[str, Any]:
 
 
 def _convert(gguf: Path, out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # A model loaded from GGUF refuses save_pretrained; one built from its config takes its weights and saves.
-    model = LlamaForCausalLM(loaded.config)
+    model = LlamaForCausalLM(cast("LlamaConfig", loaded.config))  # a Llama GGUF's config is a LlamaConfig
     model.load_state_dict(loaded.state_dict())
-    model.to(torch.bfloat16).save_pretrained(str(out))
+    # transformers' @wraps(Module.to) on PreTrainedModel.to hides its ``self`` from mypy
+    model.to(torch.bfloat16).save_pretrained(str(out))  # type: ignore[arg-type]
     config = json.loads((out / "config.json").read_text())
     # What the GGUF loader leaves behind would mislead a reader: the weights are no longer quantized.
     for leftover in ("quantization_config", "_model_name_or_path", "_name_or_path"):

@@ -145,7 +145,8 @@ def shipped_users() -> dict[str, Any]:
     path = SHIPPED_DIR / USERS_FILE
     if not path.is_file():
         raise ExamplesError("missing_shipped_adapters", f"{path} is missing: run `soppu examples train`")
-    return json.loads(path.read_text())
+    users: dict[str, Any] = json.loads(path.read_text())
+    return users
 
 
 def build_smollm2_examples(users: int, out: Path, *, cache_dir: Path) -> Path:

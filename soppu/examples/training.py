@@ -10,17 +10,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, cast
 
 import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from soppu.adapter.apply import LoraHooks
+from soppu.adapter.apply import Factors, LoraHooks
 from soppu.models import quiet_transformers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["LoraTrainingSpec", "deterministic_torch", "encode_lines", "pretrain", "train_user_adapters"]
 
-Progress = Callable[[int], None]
+Progress = Callable[[int], object]  # called with the steps just done (a tqdm bar's update); its result unused
 
 
 @contextmanager
@@ -58,7 +62,8 @@ def _cosine_lr(optimizer: torch.optim.Optimizer, peak: float, step: int, steps: 
 
 
 def _lm_loss(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+    loss: torch.Tensor = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+    return loss
 
 
 def pretrain(
@@ -130,7 +135,7 @@ class LoraTrainingSpec:
     def parameters(self) -> list[nn.Parameter]:
         return [*self.a.values(), *self.b.values()]
 
-    def factors_for_rows(self, users: torch.Tensor, scaling: float | torch.Tensor) -> dict[str, tuple]:
+    def factors_for_rows(self, users: torch.Tensor, scaling: float | torch.Tensor) -> dict[str, Factors]:
         # One adapter per batch row; rows are (batch, seq, d), so factors gain a leading batch dim. A scaling
         # per user becomes one per row, shaped to broadcast over (seq, d_out).
         row_scaling = scaling[users].view(-1, 1, 1) if isinstance(scaling, torch.Tensor) else scaling
@@ -168,7 +173,8 @@ def train_user_adapters(
     # cost as much as a third of the model on the real example base.
     rows, positions = mask.nonzero(as_tuple=True)
     picked_targets = targets[rows, positions]
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    lm = cast("PreTrainedModel", model)  # what nn.Module's typing cannot see: a transformers model's methods
+    decoder, head = lm.get_decoder(), lm.get_output_embeddings()
     per_user_count = torch.zeros(n_users).index_add(0, users, mask.sum(1).float())
     with LoraHooks(model, spec.factors_for_rows(users, scaling)) as hooks:
         for step in range(steps):

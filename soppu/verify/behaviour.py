@@ -152,7 +152,8 @@ def next_token_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tenso
 
 def _logits(model: nn.Module, ids: list[int]) -> torch.Tensor:
     device = next(model.parameters()).device
-    return model(input_ids=torch.tensor([ids], device=device)).logits[0]
+    logits: torch.Tensor = model(input_ids=torch.tensor([ids], device=device)).logits[0]
+    return logits
 
 
 def _compare(

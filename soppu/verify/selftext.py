@@ -30,7 +30,7 @@ from torch import nn
 from soppu.adapter.apply import apply_adapter
 from soppu.adapter.model import LoraAdapter
 from soppu.compression.distill import DistillSettings, Teacher, position_kl, teacher_text
-from soppu.generation import left_padded
+from soppu.generation import generate_ids, left_padded
 
 __all__ = [
     "SelfTextBehaviour",
@@ -116,7 +116,8 @@ def probe_answers(
     ids, mask = left_padded(prompts, pad, next(model.parameters()).device)
     width = ids.shape[1]
     with apply_adapter(model, adapter):
-        out = model.generate(
+        out = generate_ids(
+            model,
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
