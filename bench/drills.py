@@ -212,8 +212,8 @@ class Topology:
         """moto's server, unless an endpoint was given, and a fresh bucket on it."""
         if self.s3_endpoint is None:
             port = free_port()
-            moto = self._service("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                 f"http://127.0.0.1:{port}/moto-api/", {})  # fmt: skip
+            command = [sys.executable, "-m", "soppu_web.s3_server", "-H", "127.0.0.1", "-p", str(port)]
+            moto = self._service("s3", command, f"http://127.0.0.1:{port}/moto-api/", {})
             moto.wait_healthy(60)
             self.s3_endpoint = f"http://127.0.0.1:{port}"
         store = S3Store(f"drill-{uuid.uuid4().hex[:12]}", endpoint_url=self.s3_endpoint, access_key="testing",

@@ -1,7 +1,7 @@
 """Fault drill: the compressor killed with SIGKILL at each step of a job (``soppu.failpoints``), then restarted
 on the same bucket. After each kill, every acknowledged upload must end served (or failed, with a reason), and
-every user's pointer must name a complete version of their newest acknowledged upload: never a mixed version
-(an object it names missing) and never an older one.
+every user's pointer must name a complete version of their newest acknowledged upload (or of a later one whose
+answer the kill cut off): never a mixed version (an object it names missing) and never an older one.
 
 For each failpoint: a compressor with that failpoint armed takes two rounds of uploads from the example users
 (the second round uploads other adapters, so an older version is told apart); it kills itself at the step (a
@@ -45,7 +45,7 @@ _POLL_S = 0.1
 
 
 def _upload(client: httpx.Client, user: str, files: dict[str, bytes]) -> str | None:
-    """The job id, or None when the service died before acknowledging."""
+    """The job id, or None when the service died before acknowledging (the upload may still have been stored)."""
     try:
         response = client.post(f"/v1/users/{user}/adapters", files={n: (n, d) for n, d in files.items()})
     except httpx.TransportError:
@@ -67,8 +67,10 @@ def _settle(store: ObjectStore, job_ids: list[str]) -> dict[str, JobRecord]:
         time.sleep(_POLL_S)
 
 
-def _check_user(store: ObjectStore, user: str, newest: dict[str, bytes]) -> str | None:
-    """What is wrong with what ``user`` is served, or None."""
+def _check_user(store: ObjectStore, user: str, allowed: list[dict[str, bytes]]) -> str | None:
+    """What is wrong with what ``user`` is served, or None. ``allowed`` is the newest acknowledged upload and any
+    sent after it that the kill left unanswered: the service may have stored one of those before dying, and then
+    it is the newest and rightly served."""
     pointer = read_pointer(store, user, "default")
     if pointer is None:
         return "no pointer"
@@ -84,8 +86,8 @@ def _check_user(store: ObjectStore, user: str, newest: dict[str, bytes]) -> str 
     missing = [key for key in needed if not store.exists(key)]
     if missing:
         return f"v{pointer.version} is mixed: {missing} missing"
-    if store.get(version.original_keys()[1]).data != newest[WEIGHTS_NAME]:
-        return f"v{pointer.version} is not the newest acknowledged upload"
+    if store.get(version.original_keys()[1]).data not in [files[WEIGHTS_NAME] for files in allowed]:
+        return f"v{pointer.version} is neither the newest acknowledged upload nor an unanswered later one"
     read_adapter(
         {n: store.get(k).data for n, k in zip((CONFIG_NAME, WEIGHTS_NAME), version.export_keys(), strict=True)}
     )
@@ -99,7 +101,7 @@ def drill(step: str, users: dict[str, dict[str, bytes]], work: Path, admin_key: 
     rounds = [dict(zip(names, (users[u] for u in names), strict=True))]
     rounds.append({u: users[names[(i + 1) % len(names)]] for i, u in enumerate(names)})  # other adapters
     acked: list[str] = []
-    newest: dict[str, dict[str, bytes]] = {}
+    allowed: dict[str, list[dict[str, bytes]]] = {}
     headers = {"Authorization": f"Bearer {admin_key}"}
     with compressor_process(store_dir, admin_key, failpoints=step, **_SETTINGS) as (service, url):
         with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
@@ -107,7 +109,9 @@ def drill(step: str, users: dict[str, dict[str, bytes]], work: Path, admin_key: 
                 for user, files in uploads.items():
                     if (job_id := _upload(client, user, files)) is not None:
                         acked.append(job_id)
-                        newest[user] = files
+                        allowed[user] = [files]
+                    elif user in allowed:
+                        allowed[user].append(files)
         deadline = time.monotonic() + _SETTLE_TIMEOUT_S
         while service.alive() and time.monotonic() < deadline:
             store = open_store(str(store_dir))
@@ -119,7 +123,7 @@ def drill(step: str, users: dict[str, dict[str, bytes]], work: Path, admin_key: 
     left = len(pending_jobs(store))
     with compressor_process(store_dir, admin_key, **_SETTINGS):
         jobs = _settle(store, acked)
-    wrong = {user: why for user, files in newest.items() if (why := _check_user(store, user, files)) is not None}
+    wrong = {user: why for user, files in allowed.items() if (why := _check_user(store, user, files)) is not None}
     failed = {job_id: job.error for job_id, job in jobs.items() if job.state == JobState.FAILED}
     return {
         "failpoint": step,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import uuid
 from collections.abc import Iterable, Iterator
@@ -34,14 +33,8 @@ _CREDENTIALS = {"access_key": "testing", "secret_key": "testing", "region": "us-
 
 
 def _moto_command(port: int) -> list[str]:
-    # Prefer the console script of the interpreter running the tests, so a venv's moto is the one used.
-    script = Path(sys.executable).with_name("moto_server")
-    if script.exists():
-        return [str(script), "-H", "127.0.0.1", "-p", str(port)]
-    found = shutil.which("moto_server")
-    if found:
-        return [found, "-H", "127.0.0.1", "-p", str(port)]
-    return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    # moto's app with atomic writes (soppu_web.s3_server): replicas' conditional writes race on it as on S3.
+    return [sys.executable, "-m", "soppu_web.s3_server", "-H", "127.0.0.1", "-p", str(port)]
 
 
 @pytest.fixture(scope="session")

@@ -65,7 +65,7 @@ def _add_behaviour_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to compute")
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     formatter = argparse.ArgumentDefaultsHelpFormatter
     compress = subparsers.add_parser(
         "compress",

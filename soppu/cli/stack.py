@@ -145,7 +145,7 @@ class Stack:
         shared = {**base, **s3, "SOPPU_STORE_URL": self.store_url(), "SOPPU_ADMIN_KEY": c.admin_key}
         services = {}
         if c.store == "s3":
-            moto = [py, "-m", "moto.server", "-H", c.host, "-p", str(c.s3_port)]
+            moto = [py, "-m", "soppu_web.s3_server", "-H", c.host, "-p", str(c.s3_port)]
             services["s3"] = Service("s3", moto, base, c.url(c.s3_port) + "/moto-api/")
         engine = [py, "-m", "inference_service", "--host", c.host, "--port", str(c.engine_port)]
         engine += ["--model", str(c.model), "--device", c.device]

@@ -60,7 +60,7 @@ def list_adapters(store: ObjectStore, user_id: str) -> list[dict[str, Any]]:
     adapters = []
     for name in _adapter_names(store, user_id):
         pointer = read_pointer(store, user_id, name)
-        versions = []
+        versions: list[dict[str, Any]] = []
         for info in store.list(adapter_jobs_prefix(user_id, name)):
             job = JobRecord.from_json(store.get(info.key).data)
             manifest = read_manifest(store, AdapterVersion(user_id, name, job.version))

@@ -315,11 +315,11 @@ class Pipeline:
         sources: dict[str, tuple[AdapterVersion, LoraAdapter, dict[str, bytes]]] = {}
         for key, number in sorted(state.members.items()):
             user, adapter = _member(key)
-            source = self._newest_original(state, user, adapter, number)
-            if source is None:
+            found = self._newest_original(state, user, adapter, number)
+            if found is None:
                 self._leave(state, key)
             else:
-                sources[key] = source
+                sources[key] = found
         if not sources:
             self.save_cohort(state)
             return {"cohort": state.cohort, "basis_version": state.basis_version, "members": {}}
