@@ -18,19 +18,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from soppu.adapter import DEFAULT_LIMITS, Limits
 from soppu.compression.distill import DistillSettings
+from soppu.examples.cache import CHECKOUT_EXAMPLE_BASE
 from soppu.protocol.redis_url import RedisUrl
 from soppu.registry.policy import DEFAULT_PROMPTS, GateThresholds
 from soppu.secret_checks import check_service_secrets
 
 __all__ = ["CompressorSettings", "get_settings"]
 
-_EXAMPLE_BASE = Path(".cache/examples/base")
 _NONE = {"", "none", "off"}
 
 
 def _default_base_model() -> Path | None:
-    # The example fixture's model, when `make demo` has built it: the behaviour check then works out of the box.
-    return _EXAMPLE_BASE if (_EXAMPLE_BASE / "config.json").is_file() else None
+    # The example fixture's model, when `make demo` has built it in this checkout: the behaviour check then works
+    # out of the box.
+    return CHECKOUT_EXAMPLE_BASE if (CHECKOUT_EXAMPLE_BASE / "config.json").is_file() else None
 
 
 class CompressorSettings(BaseSettings):
@@ -98,7 +99,8 @@ class CompressorSettings(BaseSettings):
     fit_tokens: int = Field(DistillSettings.tokens, ge=1, le=512, description="tokens per fitting text")
     base_model: Path | None = Field(
         default_factory=_default_base_model,
-        description="local model directory for the behaviour check (default .cache/examples/base if built; "
+        description="local model directory for the behaviour check (default: the checkout's .cache/examples/base if "
+        "`make demo` built it; "
         "'none' switches the check off)",
     )
     base_model_id: str | None = Field(

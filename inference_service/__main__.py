@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8082)")
-    parser.add_argument("--model", type=Path, help="directory of the base model (default .cache/examples/base)")
+    parser.add_argument("--model", type=Path, help="base model directory (default: the checkout's example base)")
     parser.add_argument("--model-id", help="name reported by /info and accepted as OpenAI `model` for the base")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
     parser.add_argument(

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from soppu.examples.cache import CHECKOUT_EXAMPLE_BASE
 from soppu.secret_checks import check_s3_secret
 
 __all__ = ["EngineSettings", "get_settings"]
@@ -30,7 +31,10 @@ class EngineSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8082, ge=1, le=65535)
-    model: Path = Field(Path(".cache/examples/base"), description="directory of a Hugging Face causal LM")
+    model: Path = Field(
+        CHECKOUT_EXAMPLE_BASE,
+        description="directory of a Hugging Face causal LM (default: the checkout's .cache/examples/base)",
+    )
     model_id: str | None = Field(None, description="the name /info and the OpenAI routes report; default: model dir")
     device: str = Field("auto", description="auto, cpu or cuda")
     max_batch_size: int = Field(32, ge=1)

@@ -9,7 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_dir", "default_cache_dir", "place_tree"]
+__all__ = ["CHECKOUT_EXAMPLE_BASE", "atomic_dir", "default_cache_dir", "place_tree"]
+
+# Where `make demo` builds the example base model in a checkout of this repository: the services' default model.
+# Anchored to the checkout, not the working directory, so a service started from elsewhere finds the same one (or,
+# outside a checkout, none) instead of silently changing what it checks against.
+CHECKOUT_EXAMPLE_BASE = Path(__file__).resolve().parents[2] / ".cache" / "examples" / "base"
 
 
 def default_cache_dir() -> Path:
