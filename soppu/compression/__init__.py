@@ -1,5 +1,5 @@
 """Joint compression of many LoRA adapters into shared bases plus per-adapter cores (pure torch, no I/O here
-except in ``format``).
+except in ``format``, which ``artifacts``, ``writer`` and ``reader`` implement).
 
 ``compress`` fits shared bases for N adapters (optionally in K clusters) under a ``RankPolicy``; ``project``
 puts one more adapter onto an existing compression without refitting; ``reconstruction_errors`` checks a
