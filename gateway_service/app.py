@@ -20,12 +20,11 @@ from importlib.metadata import version
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException
 
 from soppu.protocol.request_body import BodyGuard
 from soppu.store.factory import open_store
+from soppu_web.lorax_errors import install_lorax_handlers, lorax_error_response
 
 from .edge import EdgeMiddleware
 from .errors import GatewayError, RequestTimeout, RequestTooLarge
@@ -42,10 +41,6 @@ _log = logging.getLogger(__name__)
 _BODY_REFUSALS: dict[int, type[GatewayError]] = {408: RequestTimeout, 413: RequestTooLarge}
 
 
-def _error(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
-
-
 def _refuse_body(status: int, message: str) -> bytes:
     return json.dumps(_BODY_REFUSALS[status](message).body()).encode()
 
@@ -55,25 +50,10 @@ async def _on_gateway_error(_: Request, e: Exception) -> Response:
     return error_response(e)
 
 
-async def _on_request_invalid(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, RequestValidationError)
-    problems = []
-    for err in e.errors():
-        where = ".".join(str(part) for part in err["loc"] if part != "body") or "body"
-        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict | list) else ""
-        problems.append(f"{where}: {err['msg']}{got}")
-    return _error(422, "; ".join(problems), "validation")
-
-
-async def _on_http_error(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, HTTPException)
-    return _error(e.status_code, str(e.detail), "http")
-
-
 async def _on_unexpected(request: Request, e: Exception) -> JSONResponse:
     # The gateway faces the internet: the details go to the log (with the request id), not to the client.
     _log.error("request %s failed", getattr(request.state, "request_id", "-"), exc_info=e)
-    return _error(500, "internal error", "internal")
+    return lorax_error_response(500, "internal error", "internal")
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -112,9 +92,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.gateway = None
+    install_lorax_handlers(app)
     app.add_exception_handler(GatewayError, _on_gateway_error)
-    app.add_exception_handler(RequestValidationError, _on_request_invalid)
-    app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
     for module in (lorax, openai, ops):
         app.include_router(module.router)

@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
+
+from soppu_web.lorax_errors import install_lorax_handlers, lorax_error_response
 
 from .engine import AdapterLoadFailed, AdapterRefused, EngineError, GenerationFailed, Overloaded, ValidationFailed
 
@@ -39,7 +39,6 @@ _LORAX: dict[type[EngineError], tuple[int, str]] = {
     GenerationFailed: (424, "generation"),
     EngineError: (500, "incomplete_generation"),
 }
-_SHOWN_CHARS = 80
 
 
 def lorax_error(e: EngineError) -> tuple[int, str]:
@@ -55,42 +54,16 @@ def error_body(e: EngineError) -> dict[str, str]:
     return {"error": e.message, "error_type": lorax_error(e)[1]}
 
 
-def _error(status: int, message: str, error_type: str) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
-
-
 async def _on_engine_error(_: Request, e: Exception) -> JSONResponse:
     assert isinstance(e, EngineError)
     return JSONResponse(error_body(e), status_code=lorax_error(e)[0])
-
-
-def _shown(value: object) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= _SHOWN_CHARS else shown[:_SHOWN_CHARS] + "..."  # never echo a 1 MiB input
-
-
-async def _on_request_invalid(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, RequestValidationError)
-    # "parameters.top_k: Input should be greater than 0 (got 0)": the field path without the leading "body"
-    problems = []
-    for err in e.errors():
-        where = ".".join(str(part) for part in err["loc"] if part != "body")
-        got = f" (got {_shown(err['input'])})" if "input" in err and not isinstance(err["input"], dict | list) else ""
-        problems.append(f"{where}: {err['msg']}{got}")
-    status, error_type = _LORAX[ValidationFailed]
-    return _error(status, "; ".join(problems), error_type)
-
-
-async def _on_http_error(_: Request, e: Exception) -> JSONResponse:
-    assert isinstance(e, HTTPException)
-    return _error(e.status_code, str(e.detail), "http")
 
 
 async def _on_unexpected(_: Request, e: Exception) -> JSONResponse:
     # Not logged here: Starlette re-raises after this answer, and the server logs the traceback. The client gets
     # no exception text: it can hold storage paths or internals.
     status, error_type = _LORAX[EngineError]
-    return _error(status, "internal error", error_type)
+    return lorax_error_response(status, "internal error", error_type)
 
 
 def refuse_body(status: int, message: str) -> bytes:
@@ -101,7 +74,6 @@ def refuse_body(status: int, message: str) -> bytes:
 
 
 def install_handlers(app: FastAPI) -> None:
+    install_lorax_handlers(app)  # FastAPI's validation: 422 validation, as _LORAX[ValidationFailed] says
     app.add_exception_handler(EngineError, _on_engine_error)
-    app.add_exception_handler(RequestValidationError, _on_request_invalid)
-    app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
