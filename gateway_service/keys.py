@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from soppu.auth import KeyRecord, KeyRing, Principal, parse_key
+from soppu.auth import KeyRecord, KeyRing, Principal, holder
 from soppu.errors import StoreUnavailable
 from soppu.store.base import ObjectStore
 
@@ -29,20 +29,15 @@ class KeyCache:
         self._cache: TtlCache[str, KeyRecord | None] = TtlCache(ttl_s)
 
     async def authenticate(self, presented: str | None) -> Principal | None:
-        if not presented:
-            return None
-        admin = self._ring.admin(presented)
-        if admin is not None:
-            return admin
-        parts = parse_key(presented)
-        if parts is None:
-            return None
-        key_id, secret = parts
+        """:meth:`soppu.auth.KeyRing.authenticate`, with the record looked up in the cache, off the event loop."""
+        screened = self._ring.screen(presented)
+        if not isinstance(screened, tuple):
+            return screened
+        key_id, secret = screened
         entry = self._cache.fresh(key_id)
         if entry is None:
             entry = await self._cache.load(key_id, lambda: self._read(key_id))
-        record = entry.value
-        return record.principal if record is not None and record.verify(secret) else None
+        return holder(entry.value, secret)
 
     async def _read(self, key_id: str) -> Entry[KeyRecord | None]:
         try:

@@ -42,7 +42,17 @@ from soppu.errors import InvalidName, ObjectNotFound, SoppuError
 from soppu.store.base import ObjectStore
 from soppu.store.layout import check_name, key_index_key, key_index_prefix, key_record_key, parse_key_index_key
 
-__all__ = ["KEY_PREFIX", "KeyRecord", "KeyRing", "Principal", "Role", "UserDeleted", "format_key", "parse_key"]
+__all__ = [
+    "KEY_PREFIX",
+    "KeyRecord",
+    "KeyRing",
+    "Principal",
+    "Role",
+    "UserDeleted",
+    "format_key",
+    "holder",
+    "parse_key",
+]
 
 KEY_PREFIX = "sk-soppu-"
 _KEY = re.compile(re.escape(KEY_PREFIX) + r"([0-9a-f]{16})\.([A-Za-z0-9_-]{43})([0-9a-f]{8})")
@@ -100,6 +110,11 @@ class KeyRecord:
     def verify(self, secret: str) -> bool:
         """Whether ``secret`` is this key's (constant time)."""
         return hmac.compare_digest(self.secret_sha256, _sha256(secret))
+
+
+def holder(record: KeyRecord | None, secret: str) -> Principal | None:
+    """Who presented ``secret`` for a key whose record is ``record`` (None: not stored): its principal, or None."""
+    return record.principal if record is not None and record.verify(secret) else None
 
 
 def _sha256(secret: str) -> str:
@@ -207,20 +222,21 @@ class KeyRing:
             return Principal(Role.ADMIN, None, "admin")
         return None
 
-    def authenticate(self, presented: str | None) -> Principal | None:
-        """The principal a presented key stands for, or None (unknown, malformed or revoked)."""
+    def screen(self, presented: str | None) -> Principal | tuple[str, str] | None:
+        """Authentication's first step, which reads no store: the admin principal; else the (key id, secret) of a
+        well-formed key, whose record is then looked up (:func:`holder`); else None, for a key that can never be
+        valid. The gateway's cache runs the same steps around its own lookup."""
         if not presented:
             return None
-        admin = self.admin(presented)
-        if admin is not None:
-            return admin
-        parts = parse_key(presented)
-        if parts is None:
-            return None
-        record = self.lookup(parts[0])
-        if record is None or not record.verify(parts[1]):
-            return None
-        return record.principal
+        return self.admin(presented) or parse_key(presented)
+
+    def authenticate(self, presented: str | None) -> Principal | None:
+        """The principal a presented key stands for, or None (unknown, malformed or revoked)."""
+        screened = self.screen(presented)
+        if not isinstance(screened, tuple):
+            return screened
+        key_id, secret = screened
+        return holder(self.lookup(key_id), secret)
 
     def lookup(self, key_id: str) -> KeyRecord | None:
         """The record of ``key_id``; an id found missing is not read again for ``unknown_ttl_s``."""
