@@ -1,7 +1,7 @@
 """Benchmark of the gateway's own cost: latency and throughput of client -> gateway -> backend against
 client -> backend directly, at several concurrencies, in the same process and alternating round by round.
 
-The backend is ``bench/_stub_backend.py`` (plain asyncio, LoRAX's shapes, no model), so nothing but the
+The backend is ``tests/support/stub_backend.py`` (plain asyncio, LoRAX's shapes, no model), so nothing but the
 gateway differs between the two paths: the direct path sends what the gateway would forward (adapter id and
 source already resolved), the gateway path sends a user's request with its API key. The store is a local
 directory holding one published user and a user key, as the compressor would leave it. The load generator is
@@ -254,7 +254,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         key, adapter_id = _publish(Path(tmp) / "store")
         stub_port = free_port()
-        stub_cmd = [sys.executable, str(_ROOT / "bench" / "_stub_backend.py"), "--port", str(stub_port)]
+        stub_cmd = [sys.executable, str(_ROOT / "tests" / "support" / "stub_backend.py"), "--port", str(stub_port)]
         stub_cmd += ["--delay-ms", str(args.backend_delay_ms)]
         gateway_env = {
             "SOPPU_STORE_URL": str(Path(tmp) / "store"),

@@ -1,5 +1,5 @@
 """Load drill of a real gateway process: many requests at high concurrency from a pooled client, in waves with
-idle pauses between them, to a stub backend (``bench/_stub_backend.py``) that closes idle connections as
+idle pauses between them, to a stub backend (``tests/support/stub_backend.py``) that closes idle connections as
 uvicorn does by default. It counts every answer by status, every connection that ended without an answer
 (``dropped``: the client's ReadError, RemoteProtocolError ...), and samples the gateway's resident memory.
 
@@ -292,7 +292,7 @@ def main() -> None:
         store = LocalStore(Path(tmp) / "store")
         keys = _publish(store, args.users)
         stub_port, gateway_port = free_port(), free_port()
-        stub_cmd = [sys.executable, str(_ROOT / "bench" / "_stub_backend.py"), "--port", str(stub_port)]
+        stub_cmd = [sys.executable, str(_ROOT / "tests" / "support" / "stub_backend.py"), "--port", str(stub_port)]
         stub_cmd += ["--delay-ms", str(args.backend_delay_ms), "--keep-alive-s", str(args.backend_keep_alive_s)]
         gateway_env = {
             "SOPPU_STORE_URL": str(store.root),

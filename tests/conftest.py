@@ -13,16 +13,16 @@ import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import boto3
 import pytest
 import torch
-from processes import MOTO_ENV, ServiceProcess, serving, start_service
 
 from soppu.examples import ExamplesSpec, build_examples
 from soppu.examples.smollm2_set import build_smollm2_examples
 from soppu.store import LocalStore, ObjectStore, S3Store
+from tests.lorax_contract.export_audit import audit_store, local_stores
+from tests.support.processes import MOTO_ENV, ServiceProcess, serving, start_service
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The examples cache is shared with `make demo` (same SOPPU_CACHE_DIR), so the base model trains once.
@@ -56,21 +56,12 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         service.stop()
 
 
-def _export_audit() -> ModuleType:
-    contract = str(REPO_ROOT / "tests" / "lorax_contract")
-    if contract not in sys.path:  # tests/ is no package (yet)
-        sys.path.insert(0, contract)
-    import export_audit
-
-    return export_audit
-
-
 def _audit_exports(stores: Iterable[ObjectStore]) -> None:
     """Fail the session if any export a pipeline published would not load on LoRAX as what was stored
     (tests/lorax_contract/export_audit.py): every export of the whole suite, not only those a test looked at."""
     checked, problems = 0, []
     for store in stores:
-        count, found = _export_audit().audit_store(store, repr(store))
+        count, found = audit_store(store, repr(store))
         checked, problems = checked + count, problems + found
     print(f"export audit: {checked} published export(s) checked against LoRAX's reading")  # shown with -s
     assert not problems, "exports LoRAX would not serve as stored:\n" + "\n".join(problems[:20])
@@ -80,7 +71,7 @@ def _audit_exports(stores: Iterable[ObjectStore]) -> None:
 def audit_local_exports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """At the session's end, the export audit over every local store the tests wrote under pytest's temp dir."""
     yield
-    _audit_exports(_export_audit().local_stores(tmp_path_factory.getbasetemp()))
+    _audit_exports(local_stores(tmp_path_factory.getbasetemp()))
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import httpx
 
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME
 from soppu.store import S3Store
+from tests.support.processes import ServiceProcess
 
 ADMIN_KEY = "test-admin-key-not-a-secret"
 JOB_TIMEOUT_S = 60.0
@@ -31,6 +32,10 @@ class Compressor:
 
     def keys(self, prefix: str = "") -> list[str]:
         return [info.key for info in self.store.list(prefix)]
+
+
+# start_compressor's type (the fixture of conftest.py): start(base_model=True, endpoint=None, **settings)
+StartCompressor = Callable[..., tuple[ServiceProcess, Compressor]]
 
 
 def multipart(parts: Iterable[tuple[str, str | None, bytes]]) -> tuple[bytes, str]:

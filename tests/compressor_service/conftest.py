@@ -7,22 +7,17 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from compressor_client import ADMIN_KEY, Compressor
-from processes import MOTO_ENV, ServiceProcess, start_service
 
 from soppu.store import S3Store
+from tests.compressor_service.compressor_client import ADMIN_KEY, Compressor, StartCompressor
+from tests.support.processes import MOTO_ENV, ServiceProcess, start_service
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _START_TIMEOUT_S = 120.0  # importing torch and loading the base model on a busy 2-core box
-
-# The hostile corpus lives with the core's tests; its module imports its builders by plain name.
-sys.path.insert(0, str(REPO_ROOT / "tests" / "soppu"))
-
-StartCompressor = Callable[..., tuple[ServiceProcess, Compressor]]
 
 
 def compressor_env(moto_server: str, bucket: str, **settings: str) -> dict[str, str]:

@@ -18,9 +18,15 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 import torch
-from compressor_client import (
+
+from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME
+from soppu.examples.check import first_word
+from soppu.generation import greedy_generate
+from soppu.registry import Manifest, Pointer
+from tests.compressor_service.compressor_client import (
     ADMIN_KEY,
     Compressor,
+    StartCompressor,
     adapter_files,
     file_parts,
     paused_upload,
@@ -28,13 +34,7 @@ from compressor_client import (
     wait_for_job,
     wait_until_idle,
 )
-from conftest import StartCompressor
-from processes import ServiceProcess
-
-from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME
-from soppu.examples.check import first_word
-from soppu.generation import greedy_generate
-from soppu.registry import Manifest, Pointer
+from tests.support.processes import ServiceProcess
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -204,7 +204,7 @@ def test_an_adapter_the_served_base_model_does_not_fit_is_refused_and_nothing_is
     compressor: Compressor,
 ) -> None:
     # Issue 13 item 15: 16-wide modules of another base model were accepted (202) and stored, never servable.
-    from adapter_factory import make_files, parts
+    from tests.support.adapter_factory import make_files, parts
 
     with compressor.client() as client:
         response = upload(client, "gina", file_parts(parts(make_files(seed=3))))

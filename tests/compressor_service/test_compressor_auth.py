@@ -9,9 +9,16 @@ import socket
 from typing import Any
 
 import pytest
-from adapter_factory import make_files, parts
-from compressor_client import ADMIN_KEY, Compressor, file_parts, upload, wait_until_idle
-from conftest import StartCompressor
+
+from tests.compressor_service.compressor_client import (
+    ADMIN_KEY,
+    Compressor,
+    StartCompressor,
+    file_parts,
+    upload,
+    wait_until_idle,
+)
+from tests.support.adapter_factory import make_files, parts
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from compressor_client import ADMIN_KEY, adapter_files, file_parts, upload, wait_for_job
-from conftest import StartCompressor
-from netfault import FlakyProxy
-from processes import free_port
 
 from soppu.auth import format_key
 from soppu.registry import JobRecord, JobState
 from soppu.registry.catalog import pending_jobs
 from soppu.store import S3Store
+from tests.compressor_service.compressor_client import (
+    ADMIN_KEY,
+    StartCompressor,
+    adapter_files,
+    file_parts,
+    upload,
+    wait_for_job,
+)
+from tests.support.netfault import FlakyProxy
+from tests.support.processes import free_port
 
 USERS = 6
 

@@ -1,4 +1,4 @@
-"""The core's hostile-adapter corpus (tests/soppu/test_adapter_hostile.py) sent over HTTP to one compressor
+"""The core's hostile-adapter corpus (tests/support/hostile/) sent over HTTP to one compressor
 process: every case answers its own code with the status of compressor_service.errors' table, nothing is ever
 unpickled, no tensor bytes leak into a message, and the bucket is left exactly as it was."""
 
@@ -12,14 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adapter_factory import make_files, parts
-from compressor_client import ADMIN_KEY, Compressor, file_parts, paused_upload, upload
-from conftest import StartCompressor
-from test_adapter_hostile import CASES, MARKER, MIB, TRAP_NAME, Builder
 
 from compressor_service.errors import STATUS
 from soppu.adapter import DEFAULT_LIMITS, Limits
 from soppu.errors import AdapterErrorCode
+from tests.compressor_service.compressor_client import (
+    ADMIN_KEY,
+    Compressor,
+    StartCompressor,
+    file_parts,
+    paused_upload,
+    upload,
+)
+from tests.support.adapter_factory import MARKER, MIB, make_files, parts
+from tests.support.hostile import CASES, TRAP_NAME, Builder
 
 # The service runs with these limits; a corpus case runs here when the limits it was built for are the defaults
 # or agree with these (the others differ only in a limit that the body cap below shows over HTTP).

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
-from redis_server import RedisServer
 
 from compressor_service.notify import GatewayNotifier
 from compressor_service.settings import CompressorSettings
 from soppu.protocol.invalidation import CHANNEL, Invalidation
+from tests.support.redis_server import RedisServer
 
 _PASSWORD = "pw-notify-3c9e1b7d"
 

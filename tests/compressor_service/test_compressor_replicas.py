@@ -14,12 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from compressor_client import Compressor, adapter_files, file_parts, upload, wait_for_job, wait_until_idle
-from conftest import StartCompressor
-
 from soppu.registry import Manifest, Pointer, ServedFrom
 from soppu.registry.records import CohortState
 from soppu.store.layout import AdapterVersion
+from tests.compressor_service.compressor_client import (
+    Compressor,
+    StartCompressor,
+    adapter_files,
+    file_parts,
+    upload,
+    wait_for_job,
+    wait_until_idle,
+)
 
 USERS = 6
 JOB_TIMEOUT_S = 300.0  # every upload refits the cohort, on two busy processes

@@ -9,16 +9,14 @@ the drills is a hang guard, and the recovery times they measure are reported, ne
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-import drills
+# bench/ is no package (a namespace import): its scripts put bench/ on sys.path for their own imports.
+from bench import drills
 
 pytestmark = pytest.mark.slow
 

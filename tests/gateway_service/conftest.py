@@ -1,8 +1,8 @@
 """The gateway as real processes: ``python -m gateway_service`` in front of (a) the real engine on the example
 model, both reading a moto S3 bucket where the example users are published, (b) two stub backends
-(``bench/_stub_backend.py``) that record what they receive, over a local-directory store, (c) a stub that
+(``tests/support/stub_backend.py``) that record what they receive, over a local-directory store, (c) a stub that
 speaks as LoRAX 0.12.1 does (``lorax_stub.py``), over a local-directory store, and (d) two gateway replicas on
-one real ``redis-server`` (``tests/redis_server.py``) in front of one stub."""
+one real ``redis-server`` (``tests/support/redis_server.py``) in front of one stub."""
 
 from __future__ import annotations
 
@@ -13,14 +13,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gateway_support import ADMIN_KEY, REPO_ROOT, Deployment, ExampleUser, load_users, publish, start_stub
-from lorax_stub import start_lorax_stub
-from processes import MOTO_ENV, ServiceProcess, start_service
-from redis_server import RedisServer
-from replicas_support import Replicas
 
 from soppu.auth import KeyRing, Role
 from soppu.store import LocalStore, S3Store
+from tests.gateway_service.gateway_support import (
+    ADMIN_KEY,
+    REPO_ROOT,
+    Deployment,
+    ExampleUser,
+    load_users,
+    publish,
+    start_stub,
+)
+from tests.gateway_service.lorax_stub import start_lorax_stub
+from tests.gateway_service.replicas_support import Replicas
+from tests.support.processes import MOTO_ENV, ServiceProcess, start_service
+from tests.support.redis_server import RedisServer
 
 _QUIET = {"OMP_NUM_THREADS": "1"}  # tiny matrices: threads only add barriers on a shared box
 

@@ -15,12 +15,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from processes import ServiceProcess, answers_http, start_service
-
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME
 from soppu.registry import Manifest, Pointer, ServedFrom
 from soppu.store import ObjectStore
 from soppu.store.layout import AdapterVersion
+from tests.support.processes import ServiceProcess, answers_http, start_service
 
 __all__ = ["ADMIN_KEY", "REPO_ROOT", "Deployment", "ExampleUser", "load_users", "publish", "start_stub"]
 
@@ -98,9 +97,9 @@ def publish(
 
 
 def start_stub(log: Path, port: int | None = None, host: str = "127.0.0.1") -> ServiceProcess:
-    """A stub backend process (``bench/_stub_backend.py``), on ``port`` when given (to restart one in place, or to
-    put stubs on several loopback addresses on one port), naming itself ``stub-{host}``."""
-    script = str(REPO_ROOT / "bench" / "_stub_backend.py")
+    """A stub backend process (``tests/support/stub_backend.py``), on ``port`` when given (to restart one in place,
+    or to put stubs on several loopback addresses on one port), naming itself ``stub-{host}``."""
+    script = str(REPO_ROOT / "tests" / "support" / "stub_backend.py")
     if port is None:
         return start_service(lambda free: [sys.executable, script, "--port", str(free)], log=log, timeout_s=30)
     command = [sys.executable, script, "--host", host, "--port", str(port), "--model-id", f"stub-{host}"]

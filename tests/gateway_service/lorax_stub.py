@@ -1,7 +1,7 @@
 """A backend that speaks as LoRAX 0.12.1 really does (read from its router, tag v0.12.1), for the gateway's wire
 tests: an ASGI app run by uvicorn, one process per stub.
 
-    python tests/gateway_service/lorax_stub.py --port 8099
+    python -m tests.gateway_service.lorax_stub --port 8099    # from the repository root
 
 What makes it LoRAX rather than the engine:
 
@@ -36,18 +36,18 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-if TYPE_CHECKING:
-    from processes import ServiceProcess
+from tests.support.processes import ServiceProcess, start_service
 
 __all__ = ["create_app", "start_lorax_stub"]
 
+_REPO_ROOT = Path(__file__).resolve().parents[2]  # the cwd of `python -m tests.gateway_service.lorax_stub`
 _SLOW_HEALTH_S = 5.0
 _GENERATION_PATHS = ("/generate", "/generate_stream", "/", "/v1/completions", "/v1/chat/completions")
 _ERRORS = {  # hook -> (status outside a stream, LoRAX's error body)
@@ -261,11 +261,12 @@ def create_app() -> Starlette:
 def start_lorax_stub(log: Path) -> ServiceProcess:
     """The stub as a process on a free port, ready once ``/stub/probes`` answers (not /info or /health: those
     are counted)."""
-    from processes import start_service  # here: run as a script, this file's folder is on the path, not tests/
-
-    script = str(Path(__file__).resolve())
     return start_service(
-        lambda port: [sys.executable, script, "--port", str(port)], log=log, ready_path="/stub/probes", timeout_s=30
+        lambda port: [sys.executable, "-m", "tests.gateway_service.lorax_stub", "--port", str(port)],
+        log=log,
+        ready_path="/stub/probes",
+        timeout_s=30,
+        cwd=_REPO_ROOT,
     )
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import httpx
-from gateway_support import Deployment
-from processes import ServiceProcess
-from redis_server import RedisServer
+
+from tests.gateway_service.gateway_support import Deployment
+from tests.support.processes import ServiceProcess
+from tests.support.redis_server import RedisServer
 
 __all__ = ["Replicas", "metric", "readiness"]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_support import start_stub
-from processes import free_port
 
 from gateway_service.routing import BackendPool, resolve_host
 from gateway_service.settings import BackendConfig, BackendKind, GatewaySettings
+from tests.gateway_service.gateway_support import start_stub
+from tests.support.processes import free_port
 
 _KEYS = [f"exports/u{n:02d}/default/v00000001" for n in range(40)]
 

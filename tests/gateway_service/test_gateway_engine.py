@@ -9,12 +9,12 @@ import time
 import httpx
 import openai
 import pytest
-from gateway_support import ADMIN_KEY, Deployment, ExampleUser, publish
 from lorax.errors import UnknownError
 
 import lorax
 from soppu.auth import KeyRing, Role
 from soppu.store.layout import pointer_key
+from tests.gateway_service.gateway_support import ADMIN_KEY, Deployment, ExampleUser, publish
 
 MAX_NEW = 8
 Users = tuple[list[ExampleUser], dict[str, str]]

@@ -13,13 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_support import publish, start_stub
 
 from gateway_service.app import create_app
 from gateway_service.lane import FastLane
 from gateway_service.settings import BackendConfig, GatewaySettings
 from soppu.auth import KeyRing, Role
 from soppu.store import LocalStore
+from tests.gateway_service.gateway_support import publish, start_stub
 
 Request = tuple[str, dict[str, str], bytes]  # path, headers, body
 

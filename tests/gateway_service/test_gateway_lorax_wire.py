@@ -12,10 +12,10 @@ from collections.abc import Callable
 import httpx
 import openai
 import pytest
-from gateway_support import Deployment, ExampleUser, publish
 from lorax.errors import GenerationError, OverloadedError
 
 import lorax
+from tests.gateway_service.gateway_support import Deployment, ExampleUser, publish
 
 GENERATED = "soppu_gateway_generated_tokens_total"
 Users = tuple[list[ExampleUser], dict[str, str]]

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from gateway_support import publish
 
 from gateway_service.caching import Entry, TtlCache
 from gateway_service.errors import (
@@ -34,6 +33,7 @@ from soppu.auth import KeyRing, Role, format_key
 from soppu.store import LocalStore
 from soppu.store.base import StoredObject
 from soppu.store.layout import pointer_key
+from tests.gateway_service.gateway_support import publish
 
 
 class FakeClock:

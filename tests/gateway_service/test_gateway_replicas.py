@@ -11,14 +11,14 @@ import time
 from collections.abc import Callable
 
 import httpx
-from gateway_support import Deployment, publish
 from pydantic import SecretStr
-from replicas_support import Replicas, metric, readiness
 
 from compressor_service.notify import GatewayNotifier
 from gateway_service.shared_limits import bucket_key
 from soppu.auth import KeyRing, Role, parse_key
 from soppu.protocol.invalidation import CHANNEL
+from tests.gateway_service.gateway_support import Deployment, publish
+from tests.gateway_service.replicas_support import Replicas, metric, readiness
 
 _DEADLINE_S = 60.0  # for polls only: generous, because the box is shared
 

@@ -1,4 +1,4 @@
-"""The gateway in front of two stub backends that record what they receive (``bench/_stub_backend.py``): what is
+"""The gateway in front of two stub backends that record what they receive (``tests/support/stub_backend.py``): what is
 forwarded and what never is, limits (per user, in flight, body size and deadline), retries, stream errors,
 cancellation, failover. One backend is declared ``engine``, the other ``lorax``; both answer with the adapter id
 they were given."""
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_support import Deployment, publish, start_stub
 from lorax.errors import GenerationError
 
 import lorax
+from tests.gateway_service.gateway_support import Deployment, publish, start_stub
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

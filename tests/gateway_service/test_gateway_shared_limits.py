@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 
 import pytest
-from redis_server import RedisServer
 
 from gateway_service.errors import RateLimited
 from gateway_service.limits import UserLimiter, full_in, refill, refusal
@@ -25,6 +24,7 @@ from gateway_service.shared_limits import (
     connect,
     where,
 )
+from tests.support.redis_server import RedisServer
 
 
 class FakeClock:

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from example_user import ExampleUser
-from processes import ServiceProcess
+
+from tests.inference_service.example_user import ExampleUser
+from tests.support.processes import ServiceProcess
 
 
 @pytest.fixture(scope="session")

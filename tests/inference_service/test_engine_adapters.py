@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from example_user import serve
 
 from inference_service.engine import (
     AdapterLoadFailed,
@@ -30,6 +29,7 @@ from soppu.compression import RankPolicy, compress
 from soppu.compression.format import bases_bytes, core_bytes
 from soppu.store import S3Store
 from soppu.store.layout import AdapterVersion, basis_key, relative_ref
+from tests.inference_service.example_user import serve
 
 S3 = AdapterSourceKind.S3
 GREEDY = GenerationParams(max_new_tokens=4, stop=(".",))

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import torch
-from example_user import serve
 
 from inference_service.engine import (
     Engine,
@@ -28,6 +27,7 @@ from inference_service.engine import (
 )
 from inference_service.engine.sampling import choose_tokens
 from inference_service.errors import lorax_error
+from tests.inference_service.example_user import serve
 
 MAX_INPUT_CHARS = 20_000
 LONG_PROMPT = "word " * 3000  # under the character cap, far over max_input_length (1024 tokens)

@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from example_user import ExampleUser
 from lorax.errors import GenerationError
 from lorax.errors import ValidationError as LoraxValidationError
 
 import lorax
 from soppu.store import S3Store
+from tests.inference_service.example_user import ExampleUser
 
 MAX_NEW = 8
 ROUTES = {"/", "/generate", "/generate_stream", "/v1/completions", "/v1/chat/completions"}

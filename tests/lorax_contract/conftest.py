@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_lorax_process import lorax_model, start_fake_lorax
-from gateway_fixtures import fake_deployment  # noqa: F401  (the gateway in front of a fake: a fixture)
-from processes import ServiceProcess, serving
+
+from tests.lorax_contract.fake_lorax_process import lorax_model, start_fake_lorax
+from tests.lorax_contract.gateway_fixtures import fake_deployment  # noqa: F401  (the gateway in front of a fake: a fixture)
+from tests.support.processes import ServiceProcess, serving
 
 
 @pytest.fixture(scope="session")

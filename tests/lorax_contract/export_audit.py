@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from lorax_semantics import LoraxLoadError, LoraxModel, lorax_deltas
 from safetensors.torch import load as load_safetensors
 
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, read_adapter
@@ -31,6 +30,7 @@ from soppu.errors import ObjectNotFound
 from soppu.registry import Manifest, ServedFrom
 from soppu.store import LocalStore, ObjectStore
 from soppu.store.layout import MANIFESTS, AdapterVersion
+from tests.lorax_contract.lorax_semantics import LoraxLoadError, LoraxModel, lorax_deltas
 
 __all__ = ["audit_store", "local_stores"]
 

@@ -45,21 +45,6 @@ from typing import Any
 
 import anyio
 import uvicorn
-from fake_lorax_adapters import BASE_MODEL_ADAPTER_ID, AdapterLoader, AdapterLoadError, num_layers
-from fake_lorax_schema import (
-    BodyRejected,
-    GenerateRequest,
-    Limits,
-    LoraxError,
-    check_length,
-    check_parameters,
-    parse_body,
-    parse_chat,
-    parse_completion,
-    parse_generate,
-    sampling_on,
-)
-from lorax_semantics import LoraxModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -77,6 +62,21 @@ from inference_service.engine import (
     TokenInfo,
     ValidationFailed,
 )
+from tests.lorax_contract.fake_lorax_adapters import BASE_MODEL_ADAPTER_ID, AdapterLoader, AdapterLoadError, num_layers
+from tests.lorax_contract.fake_lorax_schema import (
+    BodyRejected,
+    GenerateRequest,
+    Limits,
+    LoraxError,
+    check_length,
+    check_parameters,
+    parse_body,
+    parse_chat,
+    parse_completion,
+    parse_generate,
+    sampling_on,
+)
+from tests.lorax_contract.lorax_semantics import LoraxModel
 
 __all__ = ["FakeSettings", "create_app", "main"]
 

@@ -53,13 +53,13 @@ import boto3
 import torch
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from lorax_semantics import LLAMA_LAYER_TYPES, LoraxLoadError, LoraxModel, lorax_deltas
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from inference_service.engine import AdapterRef, AdapterSourceKind
 from soppu.adapter import AdapterConfig, LoraAdapter, LoraModule, write_adapter
 from soppu.lorax_limits import lorax_rank
+from tests.lorax_contract.lorax_semantics import LLAMA_LAYER_TYPES, LoraxLoadError, LoraxModel, lorax_deltas
 
 __all__ = ["BASE_MODEL_ADAPTER_ID", "AdapterLoadError", "AdapterLoader"]
 

@@ -1,6 +1,6 @@
 """Starting the fake LoRAX (``fake_lorax.py``) as a real process, for any test suite: ``start_fake_lorax`` on a
-model prepared by ``lorax_model``. The lorax_contract fixtures use it; another suite can import this module once
-``tests/lorax_contract`` is on ``sys.path``."""
+model prepared by ``lorax_model``. The lorax_contract fixtures use it; another suite can import it as
+``tests.lorax_contract.fake_lorax_process``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from processes import MOTO_ENV, ServiceProcess, start_service
+from tests.support.processes import MOTO_ENV, ServiceProcess, start_service
 
 __all__ = ["CHAT_TEMPLATE", "FAKE_LORAX", "lorax_model", "start_fake_lorax"]
 
-FAKE_LORAX = Path(__file__).resolve().with_name("fake_lorax.py")
+FAKE_LORAX = "tests.lorax_contract.fake_lorax"  # run as `python -m` from the repository root
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _START_TIMEOUT_S = 120.0  # torch and the model on a busy 2-core box
 # A plain transcript: LoRAX renders the tokenizer's own template (router/src/infer.rs:63-145); without one,
@@ -44,6 +44,6 @@ def start_fake_lorax(model: Path, log: Path, moto_url: str, *args: str) -> Servi
     }
 
     def command(port: int) -> list[str]:
-        return [sys.executable, str(FAKE_LORAX), "--port", str(port), "--model", str(model), *args]
+        return [sys.executable, "-m", FAKE_LORAX, "--port", str(port), "--model", str(model), *args]
 
     return start_service(command, log=log, env=env, ready_path="/info", timeout_s=_START_TIMEOUT_S, cwd=REPO_ROOT)

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from fake_lorax_process import start_fake_lorax
-from processes import MOTO_ENV, ServiceProcess, start_service
 
 from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, LoraAdapter, LoraModule, adapter_files, read_adapter
 from soppu.auth import KeyRing, Role
@@ -43,6 +41,8 @@ from soppu.registry.policy import CompressionPolicy, QualityGate
 from soppu.registry.versions import accept_upload
 from soppu.store import S3Store
 from soppu.store.layout import AdapterVersion
+from tests.lorax_contract.fake_lorax_process import start_fake_lorax
+from tests.support.processes import MOTO_ENV, ServiceProcess, start_service
 
 __all__ = ["VARIANTS", "FakeDeployment", "fake_deployment", "publish_raw", "publish_upload", "variants"]
 

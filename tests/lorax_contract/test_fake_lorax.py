@@ -19,12 +19,12 @@ import pytest
 import torch
 from lorax.errors import GenerationError, OverloadedError
 from lorax.errors import ValidationError as LoraxValidationError
-from processes import ServiceProcess
 
 import lorax
 from soppu.adapter import AdapterConfig, LoraAdapter, LoraModule, adapter_files, read_adapter
 from soppu.adapter.served_form import served_form
 from soppu.store import S3Store
+from tests.support.processes import ServiceProcess
 
 MAX_NEW = 6
 TIMEOUT = 120.0

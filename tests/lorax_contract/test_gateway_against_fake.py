@@ -27,13 +27,13 @@ import httpx
 import openai
 import pytest
 import torch
-from gateway_fixtures import VARIANTS, FakeDeployment, publish_upload
 from lorax.errors import GenerationError, OverloadedError
-from processes import ServiceProcess
 from safetensors.torch import load as load_safetensors
 
 import lorax
 from soppu.adapter import WEIGHTS_NAME, read_adapter
+from tests.lorax_contract.gateway_fixtures import VARIANTS, FakeDeployment, publish_upload
+from tests.support.processes import ServiceProcess
 
 MAX_NEW = 8
 TIMEOUT = 120.0

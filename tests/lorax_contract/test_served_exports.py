@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from lorax_semantics import LoraxLoadError, LoraxModel, lorax_config, lorax_deltas
 
 from soppu.adapter import (
     CONFIG_NAME,
@@ -40,6 +39,7 @@ from soppu.registry.policy import CompressionPolicy, QualityGate
 from soppu.registry.versions import accept_upload
 from soppu.store import LocalStore, ObjectStore
 from soppu.store.layout import AdapterVersion
+from tests.lorax_contract.lorax_semantics import LoraxLoadError, LoraxModel, lorax_config, lorax_deltas
 
 LAYERS = 3
 # (name, block, (d_out, d_in)) of a small Llama-like model: widths as LoRAX sees them don't matter here.
@@ -258,7 +258,7 @@ def test_every_published_export_loads_on_lorax_as_its_stored_form(
 
 def test_the_session_audit_catches_an_export_lorax_would_misserve(tmp_path: Path, examples_dir: Path) -> None:
     # tests/conftest.py runs export_audit over every store at the session's end; here, that it can fail.
-    from export_audit import audit_store
+    from tests.lorax_contract.export_audit import audit_store
 
     user = json.loads((examples_dir / "users.json").read_text())["users"][0]["user_id"]
     upload = _variants(read_adapter(examples_dir / "adapters" / user))["rslora"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adapter_factory import MODULES, make_adapter
 
 from soppu.adapter.fits import check_fits
 from soppu.errors import AdapterError
 from soppu.models import linear_shapes
+from tests.support.adapter_factory import MODULES, make_adapter
 
 
 class _Attention(torch.nn.Module):

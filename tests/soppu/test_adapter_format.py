@@ -11,23 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-from adapter_factory import (
-    BASE_MODEL,
-    MODULES,
-    Q_PROJ,
-    V_PROJ,
-    config_bytes,
-    config_dict,
-    lora_factors,
-    make_adapter,
-    make_files,
-    named_tensors,
-    parts,
-    tar_bytes,
-    weights_bytes,
-    write_dir,
-    zip_bytes,
-)
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
@@ -46,6 +29,23 @@ from soppu.adapter import (
 from soppu.adapter.apply import LoraHooks, apply_adapter
 from soppu.errors import AdapterError, AdapterErrorCode
 from soppu.lora import delta_weight, lora_output, lora_scaling
+from tests.support.adapter_factory import (
+    BASE_MODEL,
+    MODULES,
+    Q_PROJ,
+    V_PROJ,
+    config_bytes,
+    config_dict,
+    lora_factors,
+    make_adapter,
+    make_files,
+    named_tensors,
+    parts,
+    tar_bytes,
+    weights_bytes,
+    write_dir,
+    zip_bytes,
+)
 
 Source = Path | str | bytes | bytearray | dict[str, bytes]
 

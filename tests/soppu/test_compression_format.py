@@ -1,7 +1,7 @@
-"""The compressed format (bases + cores on disk), the PEFT export and the byte/parameter accounting.
+"""The compressed format (bases + cores on disk): exact round trips, storage dtypes, metadata, and the errors of
+foreign, inconsistent or mismatched files.
 
-Compressions here are built by hand, independent of the solver: random orthonormal bases with random cores, or
-an exact compression of real adapters (U, V spanning every adapter's column/row space, so ``U S_i V^T = W_i``).
+Compressions here are built by hand, independent of the solver (:mod:`tests.soppu.compression_builders`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,6 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from soppu.adapter import AdapterConfig, LoraAdapter, LoraModule, read_adapter
-from soppu.adapter.apply import LoraHooks, apply_adapter
-from soppu.compression.accounting import account
-from soppu.compression.export import to_lora, write_peft_export
 from soppu.compression.format import (
     MANIFEST_NAME,
     bases_bytes,
@@ -31,90 +27,14 @@ from soppu.compression.format import (
     read_core,
     write_compression,
 )
-from soppu.compression.model import Cluster, CompressedAdapter, Compression, Mode, ModuleBasis
+from soppu.compression.model import CompressedAdapter, Compression, Mode
 from soppu.errors import CompressionError
-from soppu.models import load_causal_lm
-
-peft = pytest.importorskip("peft")
-
-Q = "model.layers.0.self_attn.q_proj"
-V = "model.layers.0.self_attn.v_proj"
-TOY_SHAPES = {Q: (16, 16), V: (8, 16)}
-# The example fixture's tiny Llama: hidden 128, 4 heads, 2 KV heads (so v_proj is 64 x 128), 2 layers.
-EXAMPLE_SHAPES = {
-    f"model.layers.{layer}.self_attn.{name}": shape
-    for layer in range(2)
-    for name, shape in (("q_proj", (128, 128)), ("v_proj", (64, 128)))
-}
-TEXTS = ["My favourite colour is", "My pet is a cat. My home city is"]
-
-
-# --- builders ------------------------------------------------------------------------------------------
-
-
-def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
-    return torch.linalg.qr(torch.randn(rows, cols, generator=gen))[0]
-
-
-def random_compression(
-    mode: Mode = Mode.FULL,
-    *,
-    shapes: dict[str, tuple[int, int]] = TOY_SHAPES,
-    ranks: dict[str, int] | None = None,
-    clusters: int = 1,
-    adapters: int = 3,
-    seed: int = 0,
-) -> Compression:
-    """Random orthonormal bases and random cores; adapter i goes to cluster i % clusters."""
-    gen = torch.Generator().manual_seed(seed)
-    ranks = ranks or dict.fromkeys(shapes, 4)
-    built = []
-    for _ in range(clusters):
-        bases = {
-            m: ModuleBasis(_orthonormal(o, ranks[m], gen), _orthonormal(i, ranks[m], gen))
-            for m, (o, i) in shapes.items()
-        }
-        built.append(Cluster(bases))
-    members = []
-    for index in range(adapters):
-        cores = {m: torch.randn((ranks[m],) * (2 if mode is Mode.FULL else 1), generator=gen) for m in shapes}
-        members.append(
-            CompressedAdapter(
-                name=f"user-{index:03d}",
-                cluster=index % clusters,
-                cores=cores,
-                source_ranks=dict.fromkeys(shapes, 8),
-                source_scalings=dict.fromkeys(shapes, 2.0),
-                errors={m: 0.1 * (index + 1) for m in shapes},
-            )
-        )
-    return Compression(mode, "toy/base-model", ("q_proj", "v_proj"), built, members)
-
-
-def exact_compression(adapters: dict[str, LoraAdapter], base_model: str | None = None) -> Compression:
-    """A lossless JD-Full compression: per module U = qr([B_1 .. B_N]), V = qr([A_1^T .. A_N^T]), so every
-    W_i = s_i B_i A_i lies in span(U) x span(V) and S_i = U^T W_i V gives U S_i V^T = W_i."""
-    first = next(iter(adapters.values()))
-    bases = {}
-    for module in first.modules:
-        u = torch.linalg.qr(torch.cat([a.modules[module].b for a in adapters.values()], dim=1))[0]
-        v = torch.linalg.qr(torch.cat([a.modules[module].a.T for a in adapters.values()], dim=1))[0]
-        bases[module] = ModuleBasis(u, v)
-    members = []
-    for name, adapter in adapters.items():
-        cores = {}
-        for m, lora in adapter.modules.items():
-            cores[m] = lora.scaling * (bases[m].u.T @ lora.b) @ (lora.a @ bases[m].v)
-        ranks = {m: lora.rank for m, lora in adapter.modules.items()}
-        scalings = {m: lora.scaling for m, lora in adapter.modules.items()}
-        members.append(CompressedAdapter(name, 0, cores, ranks, scalings, dict.fromkeys(cores, 0.0)))
-    return Compression(Mode.FULL, base_model, first.config.target_modules, [Cluster(bases)], members)
-
-
-def example_adapters(examples_dir: Path) -> tuple[dict[str, LoraAdapter], str]:
-    manifest = json.loads((examples_dir / "users.json").read_text())
-    adapters = {user["user_id"]: read_adapter(examples_dir / user["adapter"]) for user in manifest["users"]}
-    return adapters, manifest["base_model_id"]
+from tests.soppu.compression_builders import (
+    EXAMPLE_SHAPES,
+    Q,
+    V,
+    random_compression,
+)
 
 
 def _metadata(data: bytes) -> dict[str, str]:
@@ -306,112 +226,3 @@ def test_core_file_is_a_few_kilobytes_for_the_example_sizes() -> None:
     # 4 modules x 16 x 16 float32 = 4 KiB of tensors plus a small header.
     assert 4 * 1024 < len(core) < 6 * 1024
     assert len(bases) > 10 * len(core)  # 14336 vs 1024 parameters
-
-
-# --- the PEFT export -----------------------------------------------------------------------------------
-
-
-def _logits(model: torch.nn.Module, tokenizer: object, texts: list[str] = TEXTS) -> torch.Tensor:
-    batch = tokenizer(texts, return_tensors="pt", padding=True)  # type: ignore[operator]
-    with torch.no_grad():
-        return model(**batch).logits
-
-
-def _reference_logits(examples_dir: Path, compression: Compression, adapter: CompressedAdapter) -> torch.Tensor:
-    """U S V^T applied directly: hooks with A = V^T, B = U S (or U diag(s)), scaling 1 (no padding)."""
-    factors = {}
-    for module, core in adapter.cores.items():
-        basis = compression.basis(adapter, module)
-        b = basis.u @ core if compression.mode is Mode.FULL else basis.u * core
-        factors[module] = (basis.v.T.contiguous(), b, 1.0)
-    model, tokenizer = load_causal_lm(examples_dir / "base", "cpu")
-    with LoraHooks(model, factors):
-        return _logits(model, tokenizer)
-
-
-def _peft_logits(examples_dir: Path, directory: Path) -> torch.Tensor:
-    model, tokenizer = load_causal_lm(examples_dir / "base", "cpu")
-    return _logits(peft.PeftModel.from_pretrained(model, str(directory)).eval(), tokenizer)
-
-
-def test_peft_export_loads_in_peft_and_matches_u_s_vt(examples_dir: Path, tmp_path: Path) -> None:
-    adapters, base_model = example_adapters(examples_dir)
-    compression = exact_compression(adapters, base_model)
-    adapter = compression.adapters[2]
-    rank = compression.clusters[0].bases[next(iter(adapter.cores))].rank
-    directory = write_peft_export(compression, adapter.name, tmp_path / "export")
-
-    exported = read_adapter(directory, expected_base_model=base_model)
-    assert (exported.config.r, exported.config.lora_alpha, exported.config.rank_pattern) == (rank, rank, {})
-    assert all(m.scaling == 1.0 for m in exported.modules.values())
-
-    through_peft = _peft_logits(examples_dir, directory)
-    torch.testing.assert_close(through_peft, _reference_logits(examples_dir, compression, adapter), rtol=0, atol=1e-4)
-    # The compression is lossless, so the export also behaves like the original adapter.
-    model, tokenizer = load_causal_lm(examples_dir / "base", "cpu")
-    with apply_adapter(model, adapters[adapter.name]):
-        original = _logits(model, tokenizer)
-    torch.testing.assert_close(through_peft, original, rtol=0, atol=1e-4)
-
-
-@pytest.mark.parametrize("mode", list(Mode))
-def test_padding_to_the_largest_rank_changes_nothing(examples_dir: Path, tmp_path: Path, mode: Mode) -> None:
-    ranks = {m: 12 if "q_proj" in m else 6 for m in EXAMPLE_SHAPES}
-    compression = random_compression(mode, shapes=EXAMPLE_SHAPES, ranks=ranks, adapters=1)
-    adapter = compression.adapters[0]
-    exported = to_lora(compression, adapter)
-    assert exported.config.r == exported.config.lora_alpha == 12 and not exported.config.rank_pattern
-    v_module = exported.modules["model.layers.1.self_attn.v_proj"]
-    assert v_module.a.shape == (12, 128) and v_module.b.shape == (64, 12)
-    assert not v_module.a[6:].any() and not v_module.b[:, 6:].any()
-
-    directory = write_peft_export(compression, adapter.name, tmp_path / "padded")
-    through_peft = _peft_logits(examples_dir, directory)
-    torch.testing.assert_close(through_peft, _reference_logits(examples_dir, compression, adapter), rtol=0, atol=1e-4)
-
-
-# --- accounting ----------------------------------------------------------------------------------------
-
-
-def _original(dtype: torch.dtype) -> LoraAdapter:
-    config = AdapterConfig(r=4, lora_alpha=8, target_modules=("q_proj", "v_proj"))
-    modules = {
-        m: LoraModule(torch.zeros(d_out, 4, dtype=dtype), torch.zeros(4, d_in, dtype=dtype), 2.0)
-        for m, (d_out, d_in) in TOY_SHAPES.items()
-    }
-    return LoraAdapter(config, modules)
-
-
-def test_accounting_on_a_hand_computed_case() -> None:
-    # Two rank-4 adapters on q (16 x 16) and v (8 x 16): 4 * 32 + 4 * 24 = 224 parameters each.
-    # One cluster with R = 4: bases 4 * 32 + 4 * 24 = 224 (counted once), cores 2 x 16 = 32 per adapter.
-    compression = random_compression(Mode.FULL, adapters=2)
-    originals = [_original(torch.float32), _original(torch.bfloat16)]
-    report = account(
-        compression, originals, original_file_bytes=[1000, 600], bases_file_bytes=[1200], core_file_bytes=[300, 300]
-    )
-    assert report["original"] == {"parameters": 448, "bytes": 224 * 4 + 224 * 2, "file_bytes": 1600}
-    assert report["compressed"] == {
-        "parameters": 224 + 64,
-        "bases_parameters": 224,
-        "cores_parameters": 64,
-        "bytes": 288 * 4,
-        "file_bytes": 1800,
-    }
-    assert report["ratio"]["parameters"] == pytest.approx(448 / 288)
-    assert report["ratio"]["bytes"] == pytest.approx(1344 / 1152)
-    assert report["ratio"]["file_bytes"] == pytest.approx(1600 / 1800)
-    assert report["clusters"] == [
-        {"index": 0, "adapters": 2, "bases_parameters": 224, "bases_bytes": 896, "bases_file_bytes": 1200}
-    ]
-    first, second = report["per_adapter"]
-    assert first["amortised_parameters"] == 224 / 2 + 32
-    assert first["ratio_parameters"] == pytest.approx(224 / 144)
-    assert second["original_bytes"] == 448 and second["ratio_bytes"] == pytest.approx(448 / (144 * 4))
-    assert second["amortised_file_bytes"] == 1200 / 2 + 300
-    json.dumps(report, allow_nan=False)
-
-    diag = account(random_compression(Mode.DIAG, adapters=2), originals, dtype=torch.float16)
-    assert diag["compressed"]["parameters"] == 224 + 2 * 8
-    assert diag["compressed"]["bytes"] == (224 + 16) * 2
-    assert "file_bytes" not in diag["compressed"]

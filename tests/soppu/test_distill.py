@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_compression_format import example_adapters
 
 from soppu.adapter import LoraAdapter, LoraModule
 from soppu.compression import Mode, RankPolicy, compress
@@ -19,6 +18,7 @@ from soppu.compression.export import to_lora
 from soppu.models import load_causal_lm
 from soppu.registry.policy import GateThresholds, QualityGate
 from soppu.verify.selftext import encode_prompts, first_sentence
+from tests.soppu.compression_builders import example_adapters
 
 SETTINGS = DistillSettings(texts=4, tokens=8, steps=15)
 PROBES = ("My favourite colour is", "My pet is a")

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import MOTO_ENV
 
 from soppu.registry.leases import Leases
 from soppu.store import LocalStore, ObjectStore, S3Store
 from soppu.store.layout import LEASES
+from tests.support.processes import MOTO_ENV
 
 # A replica's critical section: read a counter and write it plus one, unconditionally, under the lease; with
 # the lease as a per-process lock only, two replicas would interleave and lose increments.

@@ -227,7 +227,7 @@ def test_an_upload_accepted_while_a_refit_fits_is_the_one_served(local_store: Ob
 def test_a_member_whose_new_upload_is_in_another_cohort_leaves_the_old_one(local_store: ObjectStore, uploads) -> None:
     # Issue 13 item 3: after an upload with other modules (another cohort), the old cohort's refit moved the
     # user's pointer back to the old adapter.
-    from adapter_factory import make_files, parts
+    from tests.support.adapter_factory import make_files, parts
 
     store, users = local_store, list(uploads)[:3]
     pipeline = _pipeline(store, rank=32)

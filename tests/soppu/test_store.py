@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import MOTO_ENV
 
 from soppu.errors import InvalidName, ObjectChanged, ObjectExists, ObjectNotFound, StoreError, StoreUnavailable
 from soppu.store import LocalStore, ObjectStore, S3Store, open_store
+from tests.support.processes import MOTO_ENV
 
 MIB = 1024 * 1024
 TEST_CREDENTIALS = {"access_key": "testing", "secret_key": "testing", "region": "us-east-1"}

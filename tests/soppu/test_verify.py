@@ -9,9 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# The builders are shared with the format tests (same directory; pytest puts it on sys.path).
-from test_compression_format import exact_compression, example_adapters
-
 from soppu.adapter import LoraAdapter, LoraModule
 from soppu.compression.export import to_lora
 from soppu.compression.model import Cluster, CompressedAdapter, Compression, Mode, ModuleBasis
@@ -25,6 +22,7 @@ from soppu.verify import (
     plot_errors,
     write_report,
 )
+from tests.soppu.compression_builders import exact_compression, example_adapters
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROBES = ["My favourite colour is", "My pet is a", "My home city is"]

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import redis
-from processes import free_port, stop_process
+
+from tests.support.processes import free_port, stop_process
 
 __all__ = ["MISSING", "RedisServer"]
 

@@ -1,7 +1,8 @@
 """A minimal LoRAX-shaped backend: plain asyncio HTTP/1.1 (keep-alive, no framework), so that a benchmark of the
 gateway measures the gateway and not the backend, and so that tests can see exactly what a backend receives.
 
-    python bench/_stub_backend.py --port 8099 [--delay-ms 0] [--token-delay-ms 0] [--model-id stub] [--keep-alive-s 0]
+    python tests/support/stub_backend.py --port 8099 [--delay-ms 0] [--token-delay-ms 0] [--model-id stub] \
+        [--keep-alive-s 0]
 
 Routes: ``GET /health`` (200, or 503 after ``POST /stub/health?ok=0``), ``GET /info``, and LoRAX's generation
 routes ``POST /generate``, ``/generate_stream``, ``/`` (compat), ``/v1/completions``, ``/v1/chat/completions``
