@@ -54,6 +54,7 @@ from soppu.examples.sets import BASES, build_example_set, default_users  # noqa:
 from soppu.models import load_causal_lm, resolve_device  # noqa: E402
 from soppu.registry.ladder import climb, served_by  # noqa: E402
 from soppu.registry.policy import CompressionPolicy, GateThresholds, QualityGate  # noqa: E402
+from soppu.registry.results import LadderStep  # noqa: E402
 from soppu.verify.behaviour import BehaviourThresholds, check_behaviour  # noqa: E402
 
 # What the pipeline judged with before the ladder (its defaults, kept here as the baseline).
@@ -85,7 +86,7 @@ def _answers(directory: Path, adapters: dict[str, LoraAdapter], device: str) -> 
 
 def _ladder(
     gate: QualityGate, compression: Compression, name: str, original: LoraAdapter, probes: tuple[str, ...]
-) -> tuple[str, LoraAdapter | None, list[dict[str, Any]], float]:
+) -> tuple[str, LoraAdapter | None, list[LadderStep], float]:
     """(served_by, the served compressed export or None, the steps, CPU seconds)."""
     started = time.process_time()
     policy = CompressionPolicy(min_basis_members=1)  # every basis here was fitted on a whole cohort
@@ -171,10 +172,8 @@ def run(args: argparse.Namespace, cohort: Cohort) -> dict[str, Any]:
         served["ladder"][name] = export if export is not None else original
         rows[name] = {"baseline": "projection" if old else "original", "ladder": by}
         rows[name] |= {"baseline_cpu_s": round(old_s, 2), "ladder_cpu_s": round(new_s, 2)}
-        rows[name]["steps"] = [
-            {k: v for k, v in s.items() if k not in ("gate",)} | {"passed": s["gate"]["passed"]} for s in ladder
-        ]
-        candidates.append((name, exported, ladder[0]["gate"]["passed"]))
+        rows[name]["steps"] = [{**s.record.to_dict(), "passed": s.gate.passed} for s in ladder]
+        candidates.append((name, exported, ladder[0].gate.passed))
         _say(f"[ladder] {name}: baseline {rows[name]['baseline']}, ladder {by} ({new_s:.1f} s)")
     originals = {n: originals[n] for n in rows}
     reference = {n: reference[n] for n in rows}
@@ -237,7 +236,7 @@ def leave_one_out(args: argparse.Namespace, cohort: Cohort, k: int) -> dict[str,
         compression = replace(basis, adapters=[newcomer])
         by, export, ladder, seconds = _ladder(cohort.gate, compression, name, originals[name], cohort.probes[name])
         served[name] = export if export is not None else originals[name]
-        rows[name] = {"served_by": by, "cpu_s": round(seconds, 2), "projection_passed": ladder[0]["gate"]["passed"]}
+        rows[name] = {"served_by": by, "cpu_s": round(seconds, 2), "projection_passed": ladder[0].gate.passed}
         _say(f"[leave-one-out] {name}: {by} ({seconds:.1f} s)")
     answers = _answers(cohort.directory, served, device)
     for name in names:

@@ -52,11 +52,12 @@ class CompressorMetrics:
 
     def job_finished(self, job: JobRecord, seconds: float) -> None:
         self.job_duration.labels(state=job.state).observe(seconds)
-        report = job.report or {}
-        if "ratio" in report:
-            self.ratio.observe(float(report["ratio"]))
-        if isinstance(report.get("gate"), dict) and "max_error" in report["gate"]:
-            self.max_error.observe(float(report["gate"]["max_error"]))
+        report = job.report
+        if report is None:
+            return
+        self.ratio.observe(report.ratio)
+        if report.gate.max_error is not None:  # None: the last step was a fit that diverged
+            self.max_error.observe(report.gate.max_error)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

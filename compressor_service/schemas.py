@@ -1,17 +1,28 @@
 """Request and response shapes of every route (shapes only; the bucket's own records are
-:mod:`soppu.registry.records`, and :mod:`compressor_service.views` maps those onto these)."""
+:mod:`soppu.registry.records`, and :mod:`compressor_service.views` maps those onto these).
+
+A version's report, the gate's verdict and the catalog's entries are defined once, in the core
+(:mod:`soppu.registry.results`): the models that show them (``JobReport``, ``GateVerdict``, ``StepRecord``,
+``VersionInfo``, ``AdapterInfo``) are derived from those dataclasses' fields (types, defaults, descriptions), with
+only what the API adds (``plot_url``, ``status_url``) or shows in its own shape (a job's error) declared here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, create_model, model_serializer
+
+from soppu.registry import results
 
 __all__ = [
     "AdapterDeleted",
     "AdapterInfo",
     "ErrorBody",
     "ErrorDetail",
+    "GateVerdict",
     "Health",
     "IssuedKey",
     "JobError",
@@ -21,6 +32,7 @@ __all__ = [
     "KeyRevoked",
     "Readiness",
     "RefitResult",
+    "StepRecord",
     "UploadAccepted",
     "UserAdapters",
     "UserDeleted",
@@ -75,22 +87,70 @@ class JobError(BaseModel):
     message: str
 
 
-class JobReport(BaseModel):
+def _fields(cls: type[Any], **changed: Any) -> dict[str, Any]:
+    """The fields of the core's dataclass ``cls`` as pydantic field definitions, in their order, with their
+    defaults and descriptions; ``changed``: field name -> the type it has in the API's shape."""
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        described = {"description": f.metadata["description"]} if "description" in f.metadata else {}
+        if f.default is not dataclasses.MISSING:
+            info = Field(f.default, **described)
+        elif f.default_factory is not dataclasses.MISSING:
+            info = Field(default_factory=f.default_factory, **described)
+        else:
+            info = Field(**described)
+        fields[f.name] = (changed.get(f.name, hints[f.name]), info)
+    return fields
+
+
+def _derived(cls: type[Any], base: type[BaseModel] = BaseModel, **fields: Any) -> type[BaseModel]:
+    """A model with the fields of ``cls`` (see :func:`_fields`), to subclass."""
+    return create_model(f"_{cls.__name__}", __base__=base, **fields)
+
+
+class _Sparse(BaseModel):
+    """Leaves its unset (None) fields out of the JSON, as the stored record does."""
+
+    @model_serializer(mode="wrap")
+    # No return annotation: with one, the JSON schema would be that type's instead of the model's.
+    def _without_unset(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class GateVerdict(_derived(results.GateVerdict, **_fields(results.GateVerdict))):  # type: ignore[misc]
+    """The quality gate's verdict on the form the last ladder step tried."""
+
+
+class StepRecord(_derived(results.StepRecord, _Sparse, **_fields(results.StepRecord))):  # type: ignore[misc]
+    """One step of the fallback ladder: its name and own figures (only those it has), or why it was skipped."""
+
+
+_LISTED_WHEN_SET = frozenset({"ladder", "probes", "served_by"})
+
+
+def _report_fields() -> dict[str, Any]:
+    fields = _fields(results.VersionReport, gate=GateVerdict, ladder=list[StepRecord] | None)
+    plot_url = (str | None, Field(None, description="the per-module error plot (PNG)"))
+    names = list(fields)
+    at = names.index("refit") + 1  # where the API always listed it
+    return {name: fields[name] for name in names[:at]} | {"plot_url": plot_url} | {n: fields[n] for n in names[at:]}
+
+
+class JobReport(_derived(results.VersionReport, **_report_fields())):  # type: ignore[misc]
     """What the compression of one version gave: its ratio, per-module errors and the quality gate's verdict."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [_REPORT]})
+    model_config = ConfigDict(json_schema_extra={"examples": [_REPORT]})
 
-    cohort: str | None = None
-    basis_version: int | None = None
-    mode: str | None = None
-    rank: int | None = None
-    original_parameters: int | None = None
-    ratio: float | None = Field(None, description="original parameters / stored parameters (1.0: served original)")
-    errors: dict[str, float] = Field({}, description="module -> relative Frobenius error of the compressed form")
-    gate: dict[str, Any] | None = Field(None, description="passed, reasons, max_error, behaviour (KL, agreement)")
-    served_from: Literal["compressed", "original"] | None = None
-    refit: bool | None = Field(None, description="this job's cohort was refitted after it")
-    plot_url: str | None = Field(None, description="the per-module error plot (PNG)")
+    # No return annotation, as in _Sparse. A record older than the fallback ladder has no ladder, probes or
+    # served_by: its body leaves them out, as it always did (refit and plot_url are always listed).
+    @model_serializer(mode="wrap")
+    def _as_listed(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        return {k: v for k, v in handler(self).items() if v is not None or k not in _LISTED_WHEN_SET}
+
+    @classmethod
+    def of(cls, report: results.VersionReport, plot_url: str | None) -> JobReport:
+        return cls.model_validate({**report.to_dict(), "plot_url": plot_url})
 
 
 class JobStatus(BaseModel):
@@ -127,21 +187,18 @@ class JobStatus(BaseModel):
     )
 
 
-class VersionInfo(BaseModel):
-    version: int
-    job_id: str
-    state: str
-    kind: str
-    served_from: str | None = Field(None, description="null until the version is published")
-    error: JobError | None = None
-    report: JobReport | None = None
-    status_url: str
+class VersionInfo(
+    _derived(  # type: ignore[misc]
+        results.VersionEntry,
+        **_fields(results.VersionEntry, error=JobError | None, report=JobReport | None),
+        status_url=(str, Field()),
+    )
+):
+    pass
 
 
-class AdapterInfo(BaseModel):
-    name: str
-    current_version: int | None = Field(description="the version served now; null before the first is published")
-    versions: list[VersionInfo]
+class AdapterInfo(_derived(results.AdapterEntry, **_fields(results.AdapterEntry, versions=list[VersionInfo]))):  # type: ignore[misc]
+    pass
 
 
 class UserAdapters(BaseModel):

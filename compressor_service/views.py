@@ -14,6 +14,7 @@ from soppu.errors import InvalidName, ObjectNotFound
 from soppu.registry import JobRecord, JobState
 from soppu.registry.catalog import delete_adapter, delete_user, list_adapters, user_is_deleting
 from soppu.registry.pipeline import Pipeline
+from soppu.registry.results import VersionReport
 from soppu.registry.versions import accept_upload, withdraw_upload
 from soppu.store import ObjectStore
 from soppu.store.layout import AdapterVersion, check_name, parse_version
@@ -51,10 +52,10 @@ def plot_url(version: AdapterVersion) -> str:
     return f"/v1/users/{version.user_id}/adapters/{version.adapter}/versions/{version.version}/report.png"
 
 
-def _report(version: AdapterVersion, report: dict[str, Any] | None) -> JobReport | None:
+def _report(version: AdapterVersion, report: VersionReport | None) -> JobReport | None:
     if report is None:
         return None
-    return JobReport.model_validate({**report, "plot_url": plot_url(version) if report.get("errors") else None})
+    return JobReport.of(report, plot_url(version) if report.errors else None)
 
 
 def accept(
@@ -137,21 +138,21 @@ def user_adapters(store: ObjectStore, user_id: str) -> UserAdapters:
     adapters = []
     for entry in list_adapters(store, user_id):
         versions = []
-        for v in entry["versions"]:
-            version = AdapterVersion(user_id, entry["name"], v["version"])
+        for v in entry.versions:
+            version = AdapterVersion(user_id, entry.name, v.version)
             versions.append(
                 VersionInfo(
-                    version=v["version"],
-                    job_id=v["job_id"],
-                    state=v["state"],
-                    kind=v["kind"],
-                    served_from=v["served_from"],
-                    error=JobError(**v["error"]) if v["error"] else None,
-                    report=_report(version, v["report"]),
-                    status_url=status_url(v["job_id"]),
+                    version=v.version,
+                    job_id=v.job_id,
+                    state=v.state,
+                    kind=v.kind,
+                    served_from=v.served_from,
+                    error=JobError(**v.error) if v.error else None,
+                    report=_report(version, v.report),
+                    status_url=status_url(v.job_id),
                 )
             )
-        adapters.append(AdapterInfo(name=entry["name"], current_version=entry["current_version"], versions=versions))
+        adapters.append(AdapterInfo(name=entry.name, current_version=entry.current_version, versions=versions))
     return UserAdapters(user_id=user_id, adapters=adapters)
 
 
@@ -170,14 +171,14 @@ def report_png(store: ObjectStore, version: AdapterVersion) -> bytes:
         job = JobRecord.from_json(store.get(version.job_key).data)
     except ObjectNotFound as e:
         raise ObjectNotFound(f"{version.user_id}/{version.adapter} has no version {version.version}") from e
-    if job.state != JobState.DONE or not job.report or not job.report.get("errors"):
-        raise ObjectNotFound(f"version {version.version} has no report yet (its job is {job.state})")
     report = job.report
+    if job.state != JobState.DONE or report is None or not report.errors:
+        raise ObjectNotFound(f"version {version.version} has no report yet (its job is {job.state})")
     title = (
         f"{version.user_id}/{version.adapter} v{version.version}: relative error per module "
-        f"(JD-{report.get('mode', '?')}, R={report.get('rank', '?')}, served from {report.get('served_from', '?')})"
+        f"(JD-{report.mode}, R={report.rank}, served from {report.served_from})"
     )
-    return plot_module_errors(report["errors"], title)
+    return plot_module_errors(report.errors, title)
 
 
 def remove_adapter(pipeline: Pipeline, user_id: str, adapter: str) -> dict[str, Any]:

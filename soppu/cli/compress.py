@@ -25,6 +25,7 @@ from soppu.verify.behaviour import BehaviourThresholds
 if TYPE_CHECKING:
     from soppu.adapter import LoraAdapter
     from soppu.compression import Compression
+    from soppu.registry.results import GateVerdict
     from soppu.verify.behaviour import BehaviourReport
 
 __all__ = ["add_parsers"]
@@ -184,7 +185,7 @@ def _gate(
     originals: Sequence[tuple[str, LoraAdapter]],
     errors: dict[str, dict[str, float]],
     base: tuple[Any, Any] | None,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, GateVerdict]:
     """The compressor's gate on every adapter (empty without ``--user-probes``): what an upload with these
     probes would meet."""
     if args.user_probes is None or base is None:
@@ -202,7 +203,7 @@ def _gate(
     for name, original in originals:
         result = gate.check(original, to_lora(compression, compression.adapter(name)), errors[name], probes)
         results[name] = result
-        verdict = "passes" if result["passed"] else "FAILS: " + "; ".join(result["reasons"])
+        verdict = "passes" if result.passed else "FAILS: " + "; ".join(result.reasons)
         print(f"gate: {name} {verdict}")
     return results
 
@@ -312,14 +313,14 @@ def _verify(args: argparse.Namespace) -> int:
     failed = sorted(
         set(too_far)
         | ({a.name for a in behaviour.adapters if not a.passed} if behaviour else set())
-        | {name for name, result in gated.items() if not result["passed"]}
+        | {name for name, result in gated.items() if not result.passed}
     )
     if args.report is not None:
         report: dict[str, Any] = {"errors": errors, "failed": failed}
         if behaviour is not None:
             report["behaviour"] = behaviour.to_dict()
         if gated:
-            report["gate"] = gated
+            report["gate"] = {name: result.to_dict() for name, result in gated.items()}
         args.report.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     if failed:
         print(f"\nFAILED: {', '.join(failed)}", file=sys.stderr)

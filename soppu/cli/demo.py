@@ -37,6 +37,7 @@ from soppu.examples.personal import answer_has
 from soppu.examples.personal_training import chat_prompt
 from soppu.examples.sets import BASES, DEFAULT_BASE, build_example_set, default_users
 from soppu.peft_files import CONFIG_NAME, PROBES_NAME, WEIGHTS_NAME
+from soppu.registry.results import ServedFrom, VersionReport
 from soppu.verify.plot import plot_adapter_errors
 
 __all__ = ["add_parser"]
@@ -126,9 +127,9 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"compression jobs failed for {failed}; see {args.workdir / 'logs'}")
             return 1
         # Adapters with other target modules (the q,k,v,o recipe) found a cohort of their own.
-        cohorts = dict.fromkeys(job["report"]["cohort"] for job in done.values())
-        for cohort in cohorts:
-            members = sum(job["report"]["cohort"] == cohort for job in done.values())
+        cohort_of = {uid: VersionReport.from_dict(job["report"]).cohort for uid, job in done.items()}
+        for cohort in dict.fromkeys(cohort_of.values()):
+            members = sum(c == cohort for c in cohort_of.values())
             print(f"refitting cohort {cohort} over its {members} users ...", flush=True)
             # Every member climbs the ladder: a behaviour fit takes minutes on a CPU.
             request("POST", f"{stack.compressor}/v1/cohorts/{cohort}/refit", key=admin, timeout=1800)
@@ -136,12 +137,12 @@ def _demo(args: argparse.Namespace) -> int:
         asker = _ChatAsker(stack, examples / manifest["base_model"]) if chat else _CompletionAsker(stack)
         asked = asker.ask_all(users, keys)
     _print_results(users, asked, reports)
-    errors = {uid: report.get("errors", {}) for uid, report in reports.items()}
+    errors = {uid: report.errors for uid, report in reports.items()}
     plot = args.workdir / "quality.png"
     title = f"JD-Full, R={rank}, {len(users)} example users: relative error per module of the compressed form"
     plot.write_bytes(plot_adapter_errors(errors, title))
     ok_users = sum(a.ok for a in asked.values())
-    compressed = sum(r.get("served_from") == "compressed" for r in reports.values())
+    compressed = sum(r.served_from == ServedFrom.COMPRESSED for r in reports.values())
     print(f"\n{ok_users}/{len(users)} users got every answer through the gateway")
     print(f"{compressed}/{len(users)} users served compressed (the rest from their original adapters)")
     print(f"quality plot (per-module errors): {plot}")
@@ -149,7 +150,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if ok_users == len(users) else 1
 
 
-def _print_results(users: list[dict[str, Any]], asked: dict[str, _Asked], reports: dict[str, Any]) -> None:
+def _print_results(users: list[dict[str, Any]], asked: dict[str, _Asked], reports: dict[str, VersionReport]) -> None:
     rows = []
     for user in users:
         uid, a, report = user["user_id"], asked[user["user_id"]], reports[user["user_id"]]
@@ -162,8 +163,8 @@ def _print_results(users: list[dict[str, Any]], asked: dict[str, _Asked], report
             a.score("chat"),
             a.score("generate"),
             f"{base_right}/{len(user['prompts'])}",
-            report.get("served_by", report.get("served_from", "?")),
-            f"{report.get('ratio', 1.0):.2f}x",
+            report.served_by or report.served_from,
+            f"{report.ratio:.2f}x",
             "ok" if a.ok else "WRONG",
         ])  # fmt: skip
     header = ["user", "expected", "SOPPU right", "held-out", "chat", "/generate", "base alone", "served by", "ratio"]
@@ -181,10 +182,11 @@ def _print_results(users: list[dict[str, Any]], asked: dict[str, _Asked], report
                 print(f"WRONG {user['user_id']} ({api}): {p['prompt']!r} -> {reply!r} (expected {p['expected']})")
 
 
-def _current_report(stack: Stack, user_id: str, key: str) -> dict[str, Any]:
+def _current_report(stack: Stack, user_id: str, key: str) -> VersionReport:
+    """The report of the user's current version (published, so its job is done and has one)."""
     adapter = request("GET", f"{stack.compressor}/v1/users/{user_id}/adapters", key=key)["adapters"][0]
     current = next(v for v in adapter["versions"] if v["version"] == adapter["current_version"])
-    return dict(current.get("report") or {})
+    return VersionReport.from_dict(current["report"])
 
 
 class _CompletionAsker:

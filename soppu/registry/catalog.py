@@ -9,6 +9,7 @@ from soppu.auth import KeyRing
 from soppu.errors import ObjectNotFound
 from soppu.registry.pipeline import Pipeline, member_key
 from soppu.registry.records import JobRecord, JobState, Manifest, Pointer, Tombstone, now
+from soppu.registry.results import AdapterEntry, VersionEntry
 from soppu.registry.versions import latest_version, read_tombstone
 from soppu.store.base import ObjectStore
 from soppu.store.layout import (
@@ -55,28 +56,29 @@ def _adapter_names(store: ObjectStore, user_id: str) -> list[str]:
     return sorted({ref.adapter for ref in parsed if ref is not None and ref.user_id == user_id})
 
 
-def list_adapters(store: ObjectStore, user_id: str) -> list[dict[str, Any]]:
+def list_adapters(store: ObjectStore, user_id: str) -> list[AdapterEntry]:
     """Each adapter of ``user_id``: name, current version, and every version with its job state and report."""
     adapters = []
     for name in _adapter_names(store, user_id):
         pointer = read_pointer(store, user_id, name)
-        versions: list[dict[str, Any]] = []
+        versions: list[VersionEntry] = []
         for info in store.list(adapter_jobs_prefix(user_id, name)):
             job = JobRecord.from_json(store.get(info.key).data)
             manifest = read_manifest(store, AdapterVersion(user_id, name, job.version))
             versions.append(
-                {
-                    "version": job.version,
-                    "job_id": job.job_id,
-                    "state": job.state,
-                    "kind": job.kind,
-                    "served_from": manifest.served_from if manifest else None,
-                    "report": job.report,
-                    "error": job.error,
-                }
+                VersionEntry(
+                    version=job.version,
+                    job_id=job.job_id,
+                    state=job.state,
+                    kind=job.kind,
+                    served_from=manifest.served_from if manifest else None,
+                    error=job.error,
+                    report=job.report,
+                )
             )
-        versions.sort(key=lambda v: v["version"])
-        adapters.append({"name": name, "current_version": pointer.version if pointer else None, "versions": versions})
+        versions.sort(key=lambda v: v.version)
+        current = pointer.version if pointer else None
+        adapters.append(AdapterEntry(name=name, current_version=current, versions=tuple(versions)))
     return adapters
 
 

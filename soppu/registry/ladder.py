@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
 
 from soppu.adapter import LoraAdapter
 from soppu.adapter.served_form import SERVED_RANKS
@@ -26,19 +25,19 @@ from soppu.compression import Compression, reconstruction_errors
 from soppu.compression.export import to_lora
 from soppu.compression.model import CompressedAdapter
 from soppu.registry.policy import CompressionPolicy, QualityGate
+from soppu.registry.results import GateVerdict, LadderStep, StepRecord
 
 __all__ = ["climb", "served_by"]
 
 
-def served_by(ladder: list[dict[str, Any]]) -> str:
+def served_by(ladder: list[LadderStep]) -> str:
     """The step that serves the user: the last one tried if its gate passed, else ``original``."""
-    return ladder[-1]["step"] if ladder[-1]["gate"]["passed"] else "original"
+    return ladder[-1].record.step if ladder[-1].gate.passed else "original"
 
 
-def _skipped_projection(compressed: CompressedAdapter, reason: str) -> dict[str, Any]:
+def _skipped_projection(compressed: CompressedAdapter, reason: str) -> LadderStep:
     worst = max(compressed.errors.values(), default=0.0)
-    refused = {"passed": False, "reasons": [reason], "max_error": worst, "behaviour": None}
-    return {"step": "projection", "skipped": reason, "gate": refused}
+    return LadderStep(StepRecord("projection", skipped=reason), GateVerdict.refused(reason, worst))
 
 
 def climb(
@@ -50,9 +49,9 @@ def climb(
     probes: tuple[str, ...],
     member: str,
     contributors: list[str],
-) -> tuple[CompressedAdapter, LoraAdapter, list[dict[str, Any]]]:
-    """The candidate that passed (or the last one tried), its export, and one entry per step (``step``, its
-    ``gate`` result, and the step's own figures; a skipped step says why). The last entry's gate decides."""
+) -> tuple[CompressedAdapter, LoraAdapter, list[LadderStep]]:
+    """The candidate that passed (or the last one tried), its export, and one entry per step (its record: the
+    step's name and own figures, or why it was skipped; and the gate's verdict). The last entry's gate decides."""
     exported = to_lora(compression, compressed)
     if exported.config.r > SERVED_RANKS[-1]:
         reason = f"the export's rank {exported.config.r} is over {SERVED_RANKS[-1]}, the largest LoRAX serves"
@@ -64,33 +63,30 @@ def climb(
         )
         return compressed, exported, [_skipped_projection(compressed, reason)]
     reference = gate.reference(original, probes)  # the original's side, once for every step
-    ladder: list[dict[str, Any]] = [
-        {"step": "projection", "gate": gate.check(original, exported, compressed.errors, probes, reference)}
-    ]
-    if ladder[-1]["gate"]["passed"]:
+    projected = gate.check(original, exported, compressed.errors, probes, reference)
+    ladder = [LadderStep(StepRecord("projection"), projected)]
+    if projected.passed:
         return compressed, exported, ladder
     if not gate.can_fit(original):
-        skipped = "no base model to fit on (or fitting is off)"
-        return compressed, exported, [*ladder, {"step": "fitted", "skipped": skipped, "gate": ladder[-1]["gate"]}]
+        skipped = StepRecord("fitted", skipped="no base model to fit on (or fitting is off)")
+        return compressed, exported, [*ladder, LadderStep(skipped, projected)]
     started = time.monotonic()
     bases = {m: compression.basis(compressed, m) for m in compressed.cores}
     fitted = gate.fit(original, bases, compressed.cores, compression.mode, probes)
-    step: dict[str, Any] = {
-        "step": "fitted",
-        "kl": [round(fitted.kl_start, 6), round(fitted.kl_end, 6)],
-        "fit_steps": fitted.steps,
-        "seconds": round(time.monotonic() - started, 3),
-    }
+    step = StepRecord(
+        "fitted",
+        kl=(round(fitted.kl_start, 6), round(fitted.kl_end, 6)),
+        fit_steps=fitted.steps,
+        seconds=round(time.monotonic() - started, 3),
+    )
     if fitted.diverged:
         # Its best finite cores may still be fine, but a diverged fit is a sign of trouble: never served.
-        reason = "the fit diverged (a non-finite loss)"
-        step["gate"] = {"passed": False, "reasons": [reason], "max_error": None, "behaviour": None}
-        return compressed, exported, [*ladder, step]
+        diverged = GateVerdict.refused("the fit diverged (a non-finite loss)", max_error=None)
+        return compressed, exported, [*ladder, LadderStep(step, diverged)]
     candidate = replace(compressed, cores=fitted.cores)
     errors = reconstruction_errors(
         replace(compression, adapters=[candidate]), candidate.name, original, device=policy.device
     )
     candidate = replace(candidate, errors=errors)
     exported = to_lora(compression, candidate)
-    step["gate"] = gate.check(original, exported, errors, probes, reference)
-    return candidate, exported, [*ladder, step]
+    return candidate, exported, [*ladder, LadderStep(step, gate.check(original, exported, errors, probes, reference))]

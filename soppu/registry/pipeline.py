@@ -30,41 +30,41 @@ from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, LoraAdapter, adapter_files,
 from soppu.adapter.probes import parse_probes
 from soppu.adapter.served_form import served_form
 from soppu.compression import Compression, compress, project
-from soppu.compression.accounting import bases_parameters, core_parameters
 from soppu.compression.format import bases_bytes, core_bytes, read_bases
 from soppu.compression.model import Cluster, CompressedAdapter
 from soppu.errors import ObjectChanged, ObjectExists, ObjectNotFound, SoppuError, StoreError
 from soppu.failpoints import failpoint
 from soppu.models import linear_shapes
 from soppu.peft_files import PROBES_NAME
-from soppu.registry.ladder import climb, served_by
+from soppu.registry.ladder import climb
 from soppu.registry.leases import DEFAULT_TTL_S, Leases
 from soppu.registry.policy import CompressionPolicy, QualityGate, cohort_name
-from soppu.registry.records import CohortState, JobRecord, JobState, Manifest, Pointer, ServedFrom, now
+from soppu.registry.records import (
+    CohortState,
+    JobRecord,
+    JobState,
+    Manifest,
+    Pointer,
+    ServedFrom,
+    member_key,
+    now,
+    split_member,
+)
+from soppu.registry.report import version_report
+from soppu.registry.results import VersionReport
+from soppu.registry.retirement import current_basis, retire_basis, sweep_stale
 from soppu.registry.versions import allocate_version, latest_version, withdraw_upload
 from soppu.store.base import ObjectStore
 from soppu.store.layout import (
     AdapterVersion,
     basis_key,
     cohort_state_key,
-    manifests_prefix,
-    pointer_key,
     relative_ref,
 )
 
 __all__ = ["Pipeline", "member_key"]
 
 log = logging.getLogger(__name__)
-
-
-def member_key(user_id: str, adapter: str) -> str:
-    return f"{user_id}/{adapter}"
-
-
-def _member(key: str) -> tuple[str, str]:
-    """(user id, adapter name) of a :func:`member_key`."""
-    user, adapter = key.split("/")
-    return user, adapter
 
 
 def _core_name(version: AdapterVersion) -> str:
@@ -145,7 +145,7 @@ class Pipeline:
                 report = self._compress_member(state, version, original, files)
                 if state.needs_refit and len(state.pending) >= self.policy.refit_after:
                     self.refit_locked(state)
-                    report["refit"] = True
+                    report = replace(report, refit=True)
         except StoreError:
             # Not the input's fault: the record stays "running", and the job runs again (the runner retries it,
             # a restart resumes it) until the store lets it finish. It is never failed for good.
@@ -161,7 +161,7 @@ class Pipeline:
 
     def _compress_member(
         self, state: CohortState, version: AdapterVersion, original: LoraAdapter, files: dict[str, bytes]
-    ) -> dict[str, Any]:
+    ) -> VersionReport:
         key = member_key(version.user_id, version.adapter)
         name = _core_name(version)
         if state.basis_key is None:
@@ -177,7 +177,7 @@ class Pipeline:
         # Jobs of one adapter may finish out of order (concurrent uploads): the member stays its latest version,
         # as the pointer does, so a refit never republishes an older upload over a newer one.
         state.members[key] = max(version.version, state.members.get(key, 0))
-        if report["served_from"] == ServedFrom.ORIGINAL and key not in state.pending:
+        if report.served_from == ServedFrom.ORIGINAL and key not in state.pending:
             state.pending.append(key)
             state.needs_refit = True
         self.sweep_stale(state)  # this member's newer version may be what kept a replaced basis
@@ -211,58 +211,40 @@ class Pipeline:
         compressed: CompressedAdapter,
         original: LoraAdapter,
         files: dict[str, bytes],
-    ) -> dict[str, Any]:
+    ) -> VersionReport:
         probes = parse_probes(files[PROBES_NAME]) if PROBES_NAME in files else ()
         key = member_key(version.user_id, version.adapter)
         compressed, exported, ladder = climb(
             self.gate, self.policy, compression, compressed, original, probes, key, state.contributors
         )
-        gate = ladder[-1]["gate"]
-        members = max(1, len(state.members) + (member_key(version.user_id, version.adapter) not in state.members))
-        stored = core_parameters(compressed) + bases_parameters(compression.clusters[0]) / members
-        report: dict[str, Any] = {
-            "cohort": state.cohort,
-            "basis_version": state.basis_version,
-            "mode": compression.mode.value,
-            "rank": next(iter(compression.clusters[0].bases.values())).rank,
-            "original_parameters": original.num_parameters(),
-            "ratio": round(original.num_parameters() / stored, 3),
-            "errors": {m: round(float(e), 6) for m, e in sorted(compressed.errors.items())},
-            "gate": gate,
-            "ladder": [{k: v for k, v in step.items() if k != "gate"} for step in ladder],
-            "probes": len(probes),
-        }
+        report = version_report(state, key, compression, compressed, original, ladder, len(probes))
         assert state.basis_key is not None
-        if gate["passed"]:
+        if report.served_from == ServedFrom.COMPRESSED:
             ref = relative_ref(version.core_key, state.basis_key)
             self._put_once(version.core_key, core_bytes(compression, compressed, bases_ref=ref))
             failpoint("publish.core")
-            served, core_prefix = ServedFrom.COMPRESSED, version.core_prefix
+            core_prefix: str | None = version.core_prefix
         else:
-            exported, served, core_prefix = original, ServedFrom.ORIGINAL, None
-            report["ratio"] = 1.0
+            exported, core_prefix = original, None
         # Originals too: LoRAX would mis-scale a raw rsLoRA, patterned or odd-rank upload (soppu.adapter.served_form).
         export = adapter_files(served_form(exported, shapes=self.base_shapes, dtype=self.policy.served_dtype()))
         export_files = {CONFIG_NAME: export.config, WEIGHTS_NAME: export.weights}
         for key, name in zip(version.export_keys(), (CONFIG_NAME, WEIGHTS_NAME), strict=True):
             self._put_once(key, export_files[name])
         failpoint("publish.export")
-        report["served_from"] = served.value
-        report["served_by"] = served_by(ladder)
-        log.info(
-            "%s: served by %s (%s)", version.job_id, report["served_by"], "; ".join(gate["reasons"]) or "gate passed"
-        )
+        reasons = "; ".join(report.gate.reasons) or "gate passed"
+        log.info("%s: served by %s (%s)", version.job_id, report.served_by, reasons)
         manifest = Manifest(
             user_id=version.user_id,
             adapter=version.adapter,
             version=version.version,
-            served_from=served.value,
+            served_from=report.served_from.value,
             export_prefix=version.export_prefix,
             core_prefix=core_prefix,
             cohort=state.cohort,
             basis_key=state.basis_key if core_prefix else None,
             base_model=original.base_model,
-            report=report,
+            report=report.to_dict(),
         )
         self._put_once(version.manifest_key, manifest.to_json())
         failpoint("publish.manifest")
@@ -314,7 +296,7 @@ class Pipeline:
         self.sweep_stale(state)
         sources: dict[str, tuple[AdapterVersion, LoraAdapter, dict[str, bytes]]] = {}
         for key, number in sorted(state.members.items()):
-            user, adapter = _member(key)
+            user, adapter = split_member(key)
             found = self._newest_original(state, user, adapter, number)
             if found is None:
                 self._leave(state, key)
@@ -341,9 +323,9 @@ class Pipeline:
             report = self._publish(version, state, compression, compressed, original, files)
             self.save_job(replace(self.load_job(version), state=JobState.DONE.value, report=report))
             state.members[key] = version.version
-            if report["served_from"] == ServedFrom.ORIGINAL:
+            if report.served_from == ServedFrom.ORIGINAL:
                 state.pending.append(key)
-            published[key] = {"version": version.version, "served_from": report["served_from"]}
+            published[key] = {"version": version.version, "served_from": report.served_from.value}
         failpoint("refit.published")
         if old_basis and old_basis != state.basis_key:
             self._retire(old_basis, state, holders=overtaken)
@@ -356,7 +338,7 @@ class Pipeline:
         state.members.pop(key, None)
         state.pending = [k for k in state.pending if k != key]
         state.contributors = [k for k in state.contributors if k != key]
-        if state.basis_key is not None and self._current_basis(key) == state.basis_key:
+        if state.basis_key is not None and current_basis(self.store, key) == state.basis_key:
             holders = state.stale_bases.setdefault(state.basis_key, [])
             if key not in holders:
                 holders.append(key)
@@ -375,53 +357,12 @@ class Pipeline:
         version = AdapterVersion(user, adapter, number)
         return (version, *self.read_original(version))
 
-    def _current(self, key: str) -> Manifest | None:
-        """The manifest of the member's current version, if it has one."""
-        user, adapter = _member(key)
-        try:
-            pointer = Pointer.from_json(self.store.get(pointer_key(user, adapter)).data)
-            return Manifest.from_json(self.store.get(pointer.manifest_key).data)
-        except ObjectNotFound:
-            return None
-
-    def _current_basis(self, key: str) -> str | None:
-        """The basis the member's current version is served from, if any."""
-        current = self._current(key)
-        return None if current is None else current.basis_key
-
     def sweep_stale(self, state: CohortState, gone: frozenset[str] = frozenset()) -> None:
-        """Retire every replaced basis that no current version uses any more (``gone``: members being deleted,
-        whose versions go with them)."""
-        for basis, holders in list(state.stale_bases.items()):
-            still = [k for k in holders if k not in gone and self._current_basis(k) == basis]
-            if still:
-                state.stale_bases[basis] = still
-                continue
-            del state.stale_bases[basis]
-            self._retire(basis, state, others=holders)
+        """Retire every replaced basis that no current version uses any more (:mod:`soppu.registry.retirement`;
+        ``gone``: members being deleted, whose versions go with them)."""
+        for basis in sweep_stale(self.store, state, gone):
+            self._bases.pop(basis, None)
 
-    def _retire(
-        self, old_basis: str, state: CohortState, holders: Sequence[str] = (), others: Sequence[str] = ()
-    ) -> None:
-        """Delete a replaced basis and every core and export built on it: the data of whoever fitted it (maybe
-        a deleted user) survives in no served object. Manifests and originals stay, as the history. The current
-        version of a member in ``holders`` (overtaken during the refit) may still use it: then the basis and
-        that version stay, listed in ``stale_bases``, until :meth:`sweep_stale` finds them unused."""
-        keeping = []
-        for key in {*state.members, *holders, *others}:
-            user, adapter = _member(key)
-            prefix = manifests_prefix(user, adapter)
-            current = self._current(key)
-            if key in holders and current is not None and current.basis_key == old_basis:
-                keeping.append(key)
-            for info in list(self.store.list(prefix)):
-                manifest = Manifest.from_json(self.store.get(info.key).data)
-                if manifest.basis_key == old_basis and (current is None or manifest.version != current.version):
-                    version = AdapterVersion(user, adapter, manifest.version)
-                    for stale in (version.core_key, *version.export_keys()):
-                        self.store.delete(stale)
-        if keeping:
-            state.stale_bases[old_basis] = sorted(keeping)
-            return
-        self.store.delete(old_basis)
-        self._bases.pop(old_basis, None)
+    def _retire(self, old_basis: str, state: CohortState, holders: Sequence[str]) -> None:
+        if retire_basis(self.store, old_basis, state, holders=holders):
+            self._bases.pop(old_basis, None)

@@ -32,6 +32,7 @@ from torch import nn
 from soppu.adapter import LoraAdapter
 from soppu.compression import Mode, ModuleBasis, RankPolicy
 from soppu.compression.distill import DistillSettings, FittedCores, Teacher, fit_cores
+from soppu.registry.results import GateVerdict
 from soppu.verify.selftext import base_kl, encode_prompts, own_text, probe_answers, self_text_behaviour
 
 __all__ = [
@@ -145,19 +146,19 @@ class QualityGate:
         errors: Mapping[str, float],
         probes: Sequence[str] = (),
         reference: Reference | None = None,
-    ) -> dict[str, Any]:
-        """{"passed", "reasons", "max_error", "behaviour"}: ``candidate`` is the compressed form as plain LoRA;
-        ``reference`` is :meth:`reference` of the same original and probes (computed here if not given)."""
+    ) -> GateVerdict:
+        """The verdict on ``candidate``, the compressed form as plain LoRA; ``reference`` is :meth:`reference` of
+        the same original and probes (computed here if not given)."""
         worst = max(errors.values(), default=0.0)
         if not self.judges_behaviour(original):
             reasons = [] if worst <= self.max_error else [f"max relative error {worst:.3f} > {self.max_error}"]
-            return {"passed": not reasons, "reasons": reasons, "max_error": worst, "behaviour": None}
+            return GateVerdict(passed=not reasons, reasons=tuple(reasons), max_error=worst, behaviour=None)
         reference = reference or self.reference(original, probes)
         assert reference is not None and reference.probes == tuple(probes)
         model, tokenizer = self.model
         with self._lock:
             behaviour, reasons = self._behaviour(model, tokenizer, candidate, reference)
-        return {"passed": not reasons, "reasons": reasons, "max_error": worst, "behaviour": behaviour}
+        return GateVerdict(passed=not reasons, reasons=tuple(reasons), max_error=worst, behaviour=behaviour)
 
     def _behaviour(
         self, model: nn.Module, tokenizer: Any, candidate: LoraAdapter, reference: Reference

@@ -15,12 +15,14 @@ gateway resolves a user's adapter by reading it (ETag-revalidated) and then the 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
 from enum import StrEnum
 from typing import Any, Self
 
+from soppu.registry.results import ServedFrom, VersionReport
 from soppu.store.layout import name_digest
 
 __all__ = ["CohortState", "IdempotencyRecord", "JobRecord", "JobState", "Manifest", "Pointer", "ServedFrom", "now"]
@@ -33,11 +35,16 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
+def _stored(value: Any) -> Any:
+    return value.to_dict() if isinstance(value, VersionReport) else copy.deepcopy(value)
+
+
 class _Record:
-    """JSON round trip for the dataclasses below; unknown fields are ignored so old readers survive new fields."""
+    """JSON round trip for the dataclasses below; unknown fields are ignored so old readers survive new fields.
+    A :class:`VersionReport` field is stored as its ``to_dict`` and read back with ``from_dict``."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+        return {f.name: _stored(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True, indent=1).encode()
@@ -46,7 +53,12 @@ class _Record:
     def from_json(cls, data: bytes) -> Self:
         raw = json.loads(data)
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        return cls(**cls._decode({k: v for k, v in raw.items() if k in names}))
+
+    @classmethod
+    def _decode(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        """The stored fields as the constructor takes them."""
+        return fields
 
 
 class JobState(StrEnum):
@@ -54,11 +66,6 @@ class JobState(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
-
-
-class ServedFrom(StrEnum):
-    COMPRESSED = "compressed"
-    ORIGINAL = "original"
 
 
 @dataclasses.dataclass
@@ -74,7 +81,12 @@ class JobRecord(_Record):
     updated_at: str = dataclasses.field(default_factory=now)
     attempts: int = 0
     error: dict[str, Any] | None = None  # {"code", "message"} when failed
-    report: dict[str, Any] | None = None  # when done
+    report: VersionReport | None = None  # when done
+
+    @classmethod
+    def _decode(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        report = fields.get("report")
+        return fields if report is None else {**fields, "report": VersionReport.from_dict(report)}
 
     @property
     def failed_by_store(self) -> bool:
@@ -93,6 +105,7 @@ class Manifest(_Record):
     cohort: str | None
     basis_key: str | None
     base_model: str | None
+    # The version's VersionReport.to_dict(), kept as stored: hand-made manifests (gateway fixtures, drills) carry {}.
     report: dict[str, Any]
     created_at: str = dataclasses.field(default_factory=now)
 
@@ -102,6 +115,17 @@ class Pointer(_Record):
     version: int
     manifest_key: str
     updated_at: str = dataclasses.field(default_factory=now)
+
+
+def member_key(user_id: str, adapter: str) -> str:
+    """A cohort member's key in :class:`CohortState`: ``user/adapter``."""
+    return f"{user_id}/{adapter}"
+
+
+def split_member(key: str) -> tuple[str, str]:
+    """(user id, adapter name) of a :func:`member_key`."""
+    user, adapter = key.split("/")
+    return user, adapter
 
 
 @dataclasses.dataclass

@@ -85,7 +85,7 @@ def publish_upload(pipeline: Pipeline, user: str, adapter: LoraAdapter) -> Adapt
     record = pipeline.run_job(version)
     assert record.state == JobState.DONE and record.report is not None, record.error
     # The tests compare with the original upload: every version here must be served from it (see the gate).
-    assert record.report["served_from"] == ServedFrom.ORIGINAL, record.report
+    assert record.report.served_from == ServedFrom.ORIGINAL, record.report
     return version
 
 

@@ -243,7 +243,7 @@ def test_every_published_export_loads_on_lorax_as_its_stored_form(
         job, _ = accept_upload(store, "user", "default", {CONFIG_NAME: files.config, WEIGHTS_NAME: files.weights})
         version = AdapterVersion.from_job_id(job.job_id)
         report = Pipeline(store, policy, gate).run_job(version).report
-        assert report["served_from"] == served_from, name
+        assert report is not None and report.served_from == served_from, name
         config_raw, weights_raw = (store.get(key).data for key in version.export_keys())
         assert lorax_config(config_raw)["r"] in SERVED_RANKS
         loaded = lorax_deltas(config_raw, weights_raw, LoraxModel(num_layers, dtype=torch.bfloat16))

@@ -116,21 +116,21 @@ def test_the_gate_passes_the_original_itself_and_refuses_a_lost_adapter(tiny: tu
     original = next(iter(adapters.values()))
     same = gate.check(original, original, {"m": 0.9}, PROBES)
     # The error cap refuses nothing where behaviour is judged: 0.9 would have failed the old rule.
-    assert same["passed"], same["reasons"]
-    assert same["behaviour"]["self_text"]["kl_mean"] < 1e-6 and same["behaviour"]["probes"]["changed"] == []
+    assert same.passed, same.reasons
+    assert same.behaviour["self_text"]["kl_mean"] < 1e-6 and same.behaviour["probes"]["changed"] == []
     gone = gate.check(original, _scaled(original, 0.0), {"m": 0.0}, PROBES)
-    assert not gone["passed"]
-    assert any("probe answers changed" in r for r in gone["reasons"])
-    assert any("own text" in r for r in gone["reasons"])
+    assert not gone.passed
+    assert any("probe answers changed" in r for r in gone.reasons)
+    assert any("own text" in r for r in gone.reasons)
 
 
 def test_without_a_model_the_error_cap_decides_alone(tiny: tuple) -> None:
     _, _, adapters = tiny
     original = next(iter(adapters.values()))
     gate = QualityGate(max_error=0.5)
-    assert gate.check(original, original, {"m": 0.4})["passed"]
+    assert gate.check(original, original, {"m": 0.4}).passed
     refused = gate.check(original, original, {"m": 0.6})
-    assert not refused["passed"] and refused["behaviour"] is None
+    assert not refused.passed and refused.behaviour is None
     assert not gate.can_fit(original)
 
 
@@ -149,5 +149,5 @@ def test_the_gates_fit_rescues_a_lossy_core(tiny: tuple, lossy: tuple) -> None:
         PROBES,
     )
     assert fitted.kl_end < fitted.kl_start
-    kl = (before["behaviour"]["self_text"]["kl_mean"], after["behaviour"]["self_text"]["kl_mean"])
+    kl = (before.behaviour["self_text"]["kl_mean"], after.behaviour["self_text"]["kl_mean"])
     assert kl[1] < kl[0], kl  # judged on text the fit never saw (the gate's own seed)

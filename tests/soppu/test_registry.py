@@ -76,7 +76,7 @@ def test_job_publishes_in_order_and_a_rerun_changes_nothing(store: ObjectStore, 
     job, _ = accept_upload(store, user, "default", files)
     version = AdapterVersion.from_job_id(job.job_id)
     done = pipeline.run_job(version)
-    assert done.state == JobState.DONE and done.report["served_from"] == ServedFrom.COMPRESSED
+    assert done.state == JobState.DONE and done.report is not None and done.report.served_from == ServedFrom.COMPRESSED
     manifest = Manifest.from_json(store.get(version.manifest_key).data)
     assert manifest.core_prefix == version.core_prefix and store.exists(version.core_key)
     assert all(store.exists(key) for key in version.export_keys())
@@ -172,16 +172,16 @@ def test_gate_failure_serves_the_original_and_a_refit_brings_everyone_back(local
         job, _ = accept_upload(local_store, user, "default", files)
         reports[user] = pipeline.run_job(AdapterVersion.from_job_id(job.job_id)).report
     first, second = list(reports)[:2]
-    assert reports[first]["served_from"] == ServedFrom.COMPRESSED
+    assert reports[first].served_from == ServedFrom.COMPRESSED
     # Projected onto the first user's basis, the second user's unrelated adapter fails the gate ...
-    assert reports[second]["served_from"] == ServedFrom.ORIGINAL and not reports[second]["gate"]["passed"]
+    assert reports[second].served_from == ServedFrom.ORIGINAL and not reports[second].gate.passed
     # ... which queued a refit over every member: each has a newer version on a new basis, and with R = 32
     # for three rank-8 adapters the fit is exact, so everyone is served compressed.
-    assert reports[second]["refit"]
+    assert reports[second].refit
     for user in reports:
         adapter = list_adapters(local_store, user)[0]
-        current = next(v for v in adapter["versions"] if v["version"] == adapter["current_version"])
-        assert current["served_from"] == ServedFrom.COMPRESSED, user
+        current = next(v for v in adapter.versions if v.version == adapter.current_version)
+        assert current.served_from == ServedFrom.COMPRESSED, user
     assert len([k for k in _keys(local_store) if k.startswith("bases/")]) == 1  # older bases retired
 
 
@@ -261,7 +261,7 @@ def test_deleting_a_user_leaves_nothing_of_theirs(store: ObjectStore, uploads) -
     assert not [k for k in _keys(store) if gone in k]
     assert gone not in remaining  # no record (cohort members, contributors, manifests) names them
     for user in users[1:]:
-        assert list_adapters(store, user)[0]["current_version"] is not None
+        assert list_adapters(store, user)[0].current_version is not None
 
 
 def test_version_and_basis_ids_are_never_reused_after_a_deletion(store: ObjectStore, uploads) -> None:
@@ -333,13 +333,13 @@ def test_the_ladder_fits_a_failing_core_and_the_report_says_which_step_served(
     user, files = next(iter(uploads.items()))
     job, _ = accept_upload(local_store, user, "default", files)
     report = pipeline.run_job(AdapterVersion.from_job_id(job.job_id)).report
-    steps = [step["step"] for step in report["ladder"]]
-    assert steps == ["projection", "fitted"], report["ladder"]
-    fitted = report["ladder"][1]
-    assert fitted["kl"][1] < fitted["kl"][0] and fitted["fit_steps"] == 20
-    assert report["served_by"] == "original" and report["served_from"] == ServedFrom.ORIGINAL
-    assert report["gate"]["behaviour"]["self_text"]["positions"] > 0  # the last step's (the fitted core's) verdict
-    assert any("loses" in reason for reason in report["gate"]["reasons"])
+    steps = [step.step for step in report.ladder]
+    assert steps == ["projection", "fitted"], report.ladder
+    fitted = report.ladder[1]
+    assert fitted.kl[1] < fitted.kl[0] and fitted.fit_steps == 20
+    assert report.served_by == "original" and report.served_from == ServedFrom.ORIGINAL
+    assert report.gate.behaviour["self_text"]["positions"] > 0  # the last step's (the fitted core's) verdict
+    assert any("loses" in reason for reason in report.gate.reasons)
 
 
 def test_a_newcomer_waits_for_the_refit_on_a_basis_of_too_few_members(
@@ -352,10 +352,10 @@ def test_a_newcomer_waits_for_the_refit_on_a_basis_of_too_few_members(
         job, _ = accept_upload(local_store, user, "default", files)
         reports.append(pipeline.run_job(AdapterVersion.from_job_id(job.job_id)).report)
     # The first member's basis is its own: judged, and exact at R = 32 for rank 8.
-    assert reports[0]["served_by"] == "projection", reports[0]["ladder"]
-    assert reports[0]["served_from"] == ServedFrom.COMPRESSED
+    assert reports[0].served_by == "projection", reports[0].ladder
+    assert reports[0].served_from == ServedFrom.COMPRESSED
     # The second is not judged on a basis fitted on one user: served from its original until the refit.
-    assert reports[1]["served_by"] == "original" and reports[1]["gate"]["behaviour"] is None
-    assert reports[1]["ladder"] == [
+    assert reports[1].served_by == "original" and reports[1].gate.behaviour is None
+    assert [step.to_dict() for step in reports[1].ladder] == [
         {"step": "projection", "skipped": "the basis was fitted on 1 member(s) < 4: wait for the refit"}
     ]
