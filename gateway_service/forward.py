@@ -48,8 +48,9 @@ from .upstream import BodyFor, Reply, StreamReply
 
 __all__ = ["Mode", "generate", "openai"]
 
-_LORAX_NOT_FORWARDED = frozenset({"adapter_id", "adapter_source", "api_token", "merged_adapters"})
-_OPENAI_NOT_FORWARDED = frozenset({"model", "user_id", "user", "adapter_source", "api_token", "max_completion_tokens"})
+# Sets, not frozensets: pydantic's model_dump takes a set (its IncEx type); these are never changed.
+_LORAX_NOT_FORWARDED = {"adapter_id", "adapter_source", "api_token", "merged_adapters"}
+_OPENAI_NOT_FORWARDED = {"model", "user_id", "user", "adapter_source", "api_token", "max_completion_tokens"}
 _PASSED_HEADERS = ("x-prompt-tokens", "x-generated-tokens", "x-total-tokens", "retry-after")
 Rewrite = Callable[[bytes], bytes]
 Shaping = Callable[[Backend], tuple[Counter, Rewrite | None]]  # how a stream from that backend is counted, rewritten

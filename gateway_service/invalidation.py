@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -57,8 +58,8 @@ async def follow(
                              CHANNEL, address, type(e).__name__, retry_s)  # fmt: skip
             subscribed = False
         finally:
-            with contextlib.suppress(*OUTAGE):
-                await pubsub.aclose()
+            with contextlib.suppress(*OUTAGE):  # the cast: redis-py leaves PubSub.aclose unannotated
+                await cast("Callable[[], Awaitable[None]]", pubsub.aclose)()
         await asyncio.sleep(retry_s)
 
 

@@ -55,7 +55,8 @@ class _Conn:
 
 
 def _timeouts(request: httpx.Request) -> Timeouts:
-    return request.extensions.get("timeout", {})  # type: ignore[no-any-return]
+    timeouts: Timeouts = request.extensions.get("timeout", {})  # httpx's extensions are a Mapping[str, Any]
+    return timeouts
 
 
 def _origin(url: httpx.URL) -> Origin:
@@ -90,13 +91,16 @@ class _Body(httpx.AsyncByteStream):
         framing: tuple[str, int],
         reusable: bool,
     ) -> None:
-        self._transport, self._origin, self._conn, self._request = transport, origin, conn, request
+        self._transport, self._origin, self._request = transport, origin, request
+        self._conn: _Conn | None = conn  # None once closed
         self._timeouts = timeouts
         self._framing, self._size = framing  # "length" (size bytes), "chunked" or "close" (until EOF)
         self._reusable = reusable and self._framing != "close"
         self._done = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._conn is None:
+            raise httpx.StreamClosed()
         reader = self._conn.reader
         if self._framing == "length":
             if self._size:
@@ -124,7 +128,7 @@ class _Body(httpx.AsyncByteStream):
         self._done = True
 
     async def aclose(self) -> None:
-        conn, self._conn = self._conn, None  # type: ignore[assignment]
+        conn, self._conn = self._conn, None
         if conn is None:
             return
         if self._done and self._reusable:
@@ -170,8 +174,14 @@ class StreamTransport(httpx.AsyncBaseTransport):
         scheme, host, port = origin
         try:
             async with asyncio.timeout(timeouts.get("connect")):
-                tls = {"ssl": self._ssl, "server_hostname": host} if scheme == "https" else {}
-                reader, writer = await asyncio.open_connection(host, port, limit=_MAX_HEAD_BYTES, **tls)  # type: ignore[arg-type]
+                tls = scheme == "https"
+                reader, writer = await asyncio.open_connection(
+                    host,
+                    port,
+                    limit=_MAX_HEAD_BYTES,
+                    ssl=self._ssl if tls else None,
+                    server_hostname=host if tls else None,
+                )
         except TimeoutError as e:
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out", request=request) from e
         except OSError as e:
@@ -214,8 +224,8 @@ class StreamTransport(httpx.AsyncBaseTransport):
         finally:
             await body.aclose()
         fields: dict[str, str] = {}
-        for name, value in raw_headers:
-            key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        for raw_name, raw_value in raw_headers:
+            key, text = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
             fields[key] = f"{fields[key]}, {text}" if key in fields else text  # as httpx joins repeated ones
         return status, fields, data
 

@@ -47,7 +47,7 @@ def create_app(settings: EngineSettings | None = None, engine: Engine | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        running = engine or await asyncio.to_thread(Engine, _engine_config(settings))
+        running = engine if engine is not None else await asyncio.to_thread(Engine, _engine_config(settings))
         await running.start()
         app.state.engine = running
         try:

@@ -8,6 +8,7 @@ Queue, batch and adapter-cache figures are read from ``engine.stats`` when scrap
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -48,8 +49,9 @@ class _EngineStatsCollector(Collector):
 class ServiceMetrics:
     def __init__(self, stats: Callable[[], EngineStats | None]) -> None:
         # LoRAX exposes no ``*_created`` series; they would double what a scrape carries. (A process-wide switch
-        # of prometheus_client, harmless here: a service process holds only these metrics.)
-        disable_created_metrics()
+        # of prometheus_client, harmless here: a service process holds only these metrics.) The cast: the function
+        # is unannotated in prometheus_client; it takes and returns nothing.
+        cast("Callable[[], None]", disable_created_metrics)()
         self.registry = CollectorRegistry()
         r = self.registry
         self.request_count = Counter("lorax_request_count", "generation requests received", registry=r)

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from weakref import WeakValueDictionary
 
 from soppu.adapter.archive import CONFIG_NAME, WEIGHTS_NAME
@@ -48,6 +48,7 @@ __all__ = ["AdapterCache", "CacheStats"]
 
 log = logging.getLogger(__name__)
 BasisKey = tuple[Any, ...]
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,9 @@ class AdapterCache:
         # Every basis still in memory, held by a cached core, a running request or a core being loaded: a core
         # whose bases are here never loads them again, even before the first core on them is cached.
         self._alive: WeakValueDictionary[BasisKey, LoadedBasis] = WeakValueDictionary()
-        self._inflight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        # Loads under way, whose results are shared with whoever asks meanwhile: adapters, and bases.
+        self._inflight: dict[tuple[Any, ...], asyncio.Future[LoadedLora | LoadedCore]] = {}
+        self._inflight_bases: dict[BasisKey, asyncio.Future[LoadedBasis]] = {}
         self._listings: dict[Location, tuple[float, dict[str, str]]] = {}
         self._bytes = 0
         self._downloads = self._hits = self._misses = 0
@@ -131,7 +134,16 @@ class AdapterCache:
         files = await self._listing(source, location)
         kind = "soppu-core" if location.only else detect_format(set(files), "its location")
         key = (ref.source, location, kind, tuple(sorted(files.items())))
-        return await self._single_flight(key, lambda: self._load(source, location, kind, files))
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            self._hits += 1
+            return entry.value
+
+        async def load() -> LoadedLora | LoadedCore:
+            return self._insert(key, await self._load(source, location, kind, files))
+
+        return await self._single_flight(self._inflight, key, load)
 
     # --- internals -------------------------------------------------------------------------------------
 
@@ -148,20 +160,20 @@ class AdapterCache:
         return files
 
     async def _single_flight(
-        self, key: tuple[Any, ...], load: Callable[[], Awaitable[Any]], *, cache: bool = True
-    ) -> Any:
-        """One load per ``key`` at a time, its result shared; kept as an LRU entry when ``cache`` (bases are
-        not: :meth:`_hold` keeps them for as long as a cached core uses them)."""
-        if key in self._entries:
-            self._entries.move_to_end(key)
+        self,
+        inflight: dict[tuple[Any, ...], asyncio.Future[_V]],
+        key: tuple[Any, ...],
+        load: Callable[[], Awaitable[_V]],
+    ) -> _V:
+        """One ``load`` per ``key`` at a time (``inflight`` holds those under way), its result shared with whoever
+        asks meanwhile. An adapter's load keeps it as an LRU entry (:meth:`_insert`); bases are not entries:
+        :meth:`_hold` keeps them for as long as a cached core uses them."""
+        if key in inflight:
             self._hits += 1
-            return self._entries[key].value
-        if key in self._inflight:
-            self._hits += 1
-            return await asyncio.shield(self._inflight[key])
+            return await asyncio.shield(inflight[key])
         self._misses += 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        future: asyncio.Future[_V] = asyncio.get_running_loop().create_future()
+        inflight[key] = future
         try:
             value = await load()
         except BaseException as e:
@@ -169,9 +181,7 @@ class AdapterCache:
             future.exception()  # retrieved here, so an unawaited failure is not logged as lost
             raise
         finally:
-            del self._inflight[key]
-        if cache:
-            value = self._insert(key, value)
+            del inflight[key]
         future.set_result(value)
         return value
 
@@ -232,9 +242,7 @@ class AdapterCache:
         if basis is None:  # nothing holds these bases: load them (once, however many cores ask at a time)
             bases_location, bases_name = location.relative(bases_ref)
             basis = await self._single_flight(
-                ("loading", *key),
-                lambda: self._load_basis(source, bases_location, bases_name, basis_id),
-                cache=False,
+                self._inflight_bases, key, lambda: self._load_basis(source, bases_location, bases_name, basis_id)
             )
             self._alive[key] = basis
         return await asyncio.to_thread(load_core, core, basis, self._shapes, "core")

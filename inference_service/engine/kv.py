@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import CacheLayerMixin
 
 __all__ = ["BatchKV", "new_cache", "zero_pad"]
 
@@ -22,7 +23,13 @@ def new_cache() -> DynamicCache:
 
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    layers = []
+    for layer in cache.layers:
+        # Attention layers after a prefill, the only kind the runner's models have (no linear attention).
+        if not isinstance(layer, CacheLayerMixin) or layer.keys is None or layer.values is None:
+            raise TypeError(f"a cache layer without keys and values: {type(layer).__name__}")
+        layers.append((layer.keys, layer.values))
+    return layers
 
 
 def _from_layers(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:

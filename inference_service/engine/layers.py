@@ -103,7 +103,7 @@ class AdapterLinear(nn.Module):
         return self.base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y: torch.Tensor = self.base(x)  # nn.Module.__call__ is typed Any; through it so the base's hooks run
         groups = self.holder.plan.groups.get(self.name)
         if not groups:
             return y

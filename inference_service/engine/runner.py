@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from .layers import AdapterLinear, BatchPlan, PlainGroup, PlanHolder, SharedGrou
 __all__ = ["Loaded", "ModelRunner", "RunningBatch"]
 
 Loaded = LoadedLora | LoadedCore | None  # None: the base model
+_T = TypeVar("_T")
 
 
 def _pad_rank(t: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
@@ -30,9 +32,9 @@ def _pad_rank(t: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
     return zero_pad(t, rank, dim, left=False)
 
 
-def _slots(items: list[object]) -> tuple[list[object], list[int]]:
+def _slots(items: list[_T]) -> tuple[list[_T], list[int]]:
     """Distinct items (by identity) in first-seen order, and each position's index into them."""
-    distinct: list[object] = []
+    distinct: list[_T] = []
     seen: dict[int, int] = {}
     slots = []
     for item in items:
@@ -68,39 +70,41 @@ class ModelRunner:
         """Which rows apply what, per module, for a batch whose row ``i`` uses ``adapters[i]``."""
         groups: dict[str, list[PlainGroup | SharedGroup]] = defaultdict(list)
         n = len(adapters)
-        plain = [i for i, a in enumerate(adapters) if isinstance(a, LoadedLora)]
-        by_basis: dict[str, list[int]] = defaultdict(list)
+        plain = [(i, a) for i, a in enumerate(adapters) if isinstance(a, LoadedLora)]
+        by_basis: dict[str, list[tuple[int, LoadedCore]]] = defaultdict(list)
         for i, a in enumerate(adapters):
             if isinstance(a, LoadedCore):
-                by_basis[a.basis.basis_id].append(i)
+                by_basis[a.basis.basis_id].append((i, a))
         for module in self.shapes.modules:
-            rows = [i for i in plain if module in adapters[i].modules]  # type: ignore[union-attr]
-            if rows:
-                groups[module].append(self._plain_group(module, rows, adapters, n))
+            lora_rows = [(i, a) for i, a in plain if module in a.modules]
+            if lora_rows:
+                groups[module].append(self._plain_group(module, lora_rows, n))
             for basis_rows in by_basis.values():
-                rows = [i for i in basis_rows if module in adapters[i].cores]  # type: ignore[union-attr]
-                if rows:
-                    groups[module].append(self._shared_group(module, rows, adapters, n))
+                core_rows = [(i, a) for i, a in basis_rows if module in a.cores]
+                if core_rows:
+                    groups[module].append(self._shared_group(module, core_rows, n))
         return BatchPlan(dict(groups))
 
     def _rows(self, rows: list[int], n: int) -> tuple[torch.Tensor, bool]:
         return torch.tensor(rows, device=self.device, dtype=torch.long), rows == list(range(n))
 
-    def _plain_group(self, module: str, rows: list[int], adapters: list[Loaded], n: int) -> PlainGroup:
-        distinct, slots = _slots([adapters[i] for i in rows])
-        factors = [a.modules[module] for a in distinct]  # type: ignore[union-attr]
+    def _plain_group(self, module: str, rows: list[tuple[int, LoadedLora]], n: int) -> PlainGroup:
+        """The group of ``rows`` (each a batch row and its adapter), of ``n`` rows in all."""
+        distinct, slots = _slots([a for _, a in rows])
+        factors = [a.modules[module] for a in distinct]
         rank = max(a.shape[0] for a, _ in factors)
         a_stack = torch.stack([_pad_rank(a, rank, 0) for a, _ in factors])
         b_stack = torch.stack([_pad_rank(b, rank, 1) for _, b in factors])
         index = torch.tensor(slots, device=self.device)
-        row_index, all_rows = self._rows(rows, n)
+        row_index, all_rows = self._rows([i for i, _ in rows], n)
         return PlainGroup(row_index, a_stack.index_select(0, index), b_stack.index_select(0, index), all_rows)
 
-    def _shared_group(self, module: str, rows: list[int], adapters: list[Loaded], n: int) -> SharedGroup:
-        distinct, slots = _slots([adapters[i] for i in rows])
-        cores = torch.stack([a.cores[module] for a in distinct])  # type: ignore[union-attr]
-        u, v = distinct[0].basis.modules[module]  # type: ignore[union-attr]
-        row_index, all_rows = self._rows(rows, n)
+    def _shared_group(self, module: str, rows: list[tuple[int, LoadedCore]], n: int) -> SharedGroup:
+        """The group of ``rows`` (each a batch row and its core, all on one basis), of ``n`` rows in all."""
+        distinct, slots = _slots([a for _, a in rows])
+        cores = torch.stack([a.cores[module] for a in distinct])
+        u, v = distinct[0].basis.modules[module]
+        row_index, all_rows = self._rows([i for i, _ in rows], n)
         return SharedGroup(row_index, u, v, cores.index_select(0, torch.tensor(slots, device=self.device)), all_rows)
 
     # --- steps -----------------------------------------------------------------------------------------
@@ -112,10 +116,10 @@ class ModelRunner:
         try:
             if self._keep_arg and not keep_all:
                 inputs[self._keep_arg] = 1
-            out = self.model(**inputs, use_cache=True)
+            logits: torch.Tensor = self.model(**inputs, use_cache=True).logits  # nn.Module.__call__ is typed Any
         finally:
             self.holder.plan = BatchPlan()
-        return out.logits.float()
+        return logits.float()
 
     @torch.inference_mode()
     def prefill(
@@ -147,7 +151,12 @@ class ModelRunner:
         """One token for every row: ``tokens`` (rows,) are the rows' last tokens; returns logits (rows x vocab)."""
         mask, positions = kv.step_inputs()
         logits = self.forward(
-            plan, input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, **{self.cache_arg: kv.cache}
+            plan,
+            keep_all=False,  # named: else mypy checks the cache, passed under a computed name, against this bool
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            **{self.cache_arg: kv.cache},
         )
         kv.advance()
         return logits[:, -1]

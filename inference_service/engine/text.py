@@ -21,7 +21,7 @@ class TextStream:
 
     def push(self, token_id: int) -> str:
         self._ids.append(token_id)
-        decoded = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        decoded: str = self._tokenizer.decode(self._ids, skip_special_tokens=True)  # one list of ids: one string
         if decoded.endswith(_INCOMPLETE):
             return ""
         new = decoded[len(self.text) :]
