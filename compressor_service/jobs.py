@@ -90,8 +90,13 @@ class JobRunner:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         waiting = [claim for job_id, claim in self._claims.items() if job_id not in self._running]
+
+        def give_back() -> None:
+            for claim in waiting:
+                claim.release()
+
         with contextlib.suppress(StoreError):
-            await asyncio.to_thread(lambda: [claim.release() for claim in waiting])
+            await asyncio.to_thread(give_back)
 
     async def enqueue(self, version: AdapterVersion) -> bool:
         """Queue ``version``'s job here if no other replica has claimed it; whether it is queued here."""
@@ -229,7 +234,7 @@ class JobRunner:
     def _backoff(self, version: AdapterVersion) -> float:
         """The wait before the job's next try, after one more store failure in a row: doubling to a minute."""
         self._failures[version.job_id] = failures = self._failures.get(version.job_id, 0) + 1
-        return min(self.retry_s * 2 ** (failures - 1), _MAX_RETRY_S)
+        return min(self.retry_s * 2.0 ** (failures - 1), _MAX_RETRY_S)
 
     def _later(self, step: Callable[[], Awaitable[object]], delay: float, version: AdapterVersion) -> None:
         async def later() -> None:

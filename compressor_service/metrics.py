@@ -8,6 +8,7 @@ of finished jobs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
@@ -25,7 +26,8 @@ class CompressorMetrics:
     def __init__(self, queue_depth: Callable[[], int], running: Callable[[], int]) -> None:
         # No ``*_created`` series: they double what a scrape carries (a process-wide switch of prometheus_client,
         # harmless here: a service process holds only these metrics).
-        disable_created_metrics()
+        # The cast: the function is unannotated in prometheus_client; it takes and returns nothing.
+        cast("Callable[[], None]", disable_created_metrics)()
         self.registry = r = CollectorRegistry()
         self.uploads = Counter(
             "soppu_compressor_uploads", "uploads answered, by outcome (accepted, duplicate)", ["outcome"], registry=r

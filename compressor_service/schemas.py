@@ -41,7 +41,7 @@ __all__ = [
 
 _JOB_ID = "alice~default~v00000001"
 _ERRORS = {"model.layers.0.self_attn.q_proj": 0.021, "model.layers.0.self_attn.v_proj": 0.034}
-_REPORT = {
+_REPORT: dict[str, Any] = {
     "cohort": "c-3ad889c0a4f6",
     "basis_version": 1,
     "mode": "full",
@@ -150,7 +150,8 @@ class JobReport(_derived(results.VersionReport, **_report_fields())):  # type: i
 
     @classmethod
     def of(cls, report: results.VersionReport, plot_url: str | None) -> JobReport:
-        return cls.model_validate({**report.to_dict(), "plot_url": plot_url})
+        validated: JobReport = cls.model_validate({**report.to_dict(), "plot_url": plot_url})
+        return validated
 
 
 class JobStatus(BaseModel):

@@ -110,8 +110,8 @@ def _job_status(job: JobRecord) -> JobStatus:
         user_id=job.user_id,
         adapter=job.adapter,
         version=job.version,
-        kind=job.kind,  # type: ignore[arg-type]
-        state=job.state,  # type: ignore[arg-type]
+        kind=job.kind,
+        state=job.state,
         attempts=job.attempts,
         created_at=job.created_at,
         updated_at=job.updated_at,
