@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
@@ -84,7 +84,6 @@ class Pipeline:
         self.gate = gate
         self.leases = Leases(store, lease_ttl_s)
         self._bases: dict[str, Compression] = {}  # basis key -> the compression skeleton (bases, no adapters)
-        self.on_published: Callable[[AdapterVersion], None] = lambda version: None
 
     @functools.cached_property
     def base_shapes(self) -> dict[str, tuple[int, int]] | None:
@@ -273,7 +272,6 @@ class Pipeline:
             except (ObjectExists, ObjectChanged, ObjectNotFound):
                 continue  # another writer moved (or a deletion removed) it since the read: read it again
             break
-        self.on_published(version)
         return True
 
     # --- refits ----------------------------------------------------------------------------------------
