@@ -36,13 +36,26 @@ def _module_strings(tree: ast.Module) -> dict[str, str]:
     }
 
 
+def _imported_strings(tree: ast.Module) -> dict[str, str]:
+    """The string constants ``tree`` imports by name from another core module (``from soppu.x import NAME``)."""
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("soppu"):
+            source = ROOT.joinpath(*str(node.module).split("."))
+            path = source / "__init__.py" if source.is_dir() else source.with_suffix(".py")
+            strings = _module_strings(ast.parse(path.read_text(), str(path)))
+            found |= {alias.asname or alias.name: strings[alias.name] for alias in node.names if alias.name in strings}
+    return found
+
+
 def _raised_codes() -> dict[str, str]:
     """Every code the core's source names: ``code = "..."`` on a class, ``code="..."`` in a call, and the code
-    argument of CompressionError / ExamplesError (a literal or a module constant). Code -> where."""
+    argument of CompressionError / ExamplesError (a literal, or a constant of the module or imported into it).
+    Code -> where."""
     found: dict[str, str] = {}
     for path in sorted((ROOT / "soppu").rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
-        constants = _module_strings(tree)
+        constants = _imported_strings(tree) | _module_strings(tree)
         for node in ast.walk(tree):
             where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
             if isinstance(node, ast.ClassDef):
