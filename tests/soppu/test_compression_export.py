@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import peft  # the test extras install it: without it these fail, never skip (PEFT is the reference)
 import pytest
 import torch
 
@@ -22,8 +23,6 @@ from tests.soppu.compression_builders import (
     example_adapters,
     random_compression,
 )
-
-peft = pytest.importorskip("peft")
 
 TEXTS = ["My favourite colour is", "My pet is a cat. My home city is"]
 

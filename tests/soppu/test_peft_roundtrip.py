@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import peft  # the test extras install it: without it these fail, never skip (PEFT is the reference)
 import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -12,8 +13,6 @@ from transformers import PreTrainedTokenizerBase
 from soppu.adapter import AdapterConfig, LoraAdapter, LoraModule, read_adapter, write_adapter
 from soppu.adapter.apply import apply_adapter
 from soppu.models import load_causal_lm
-
-peft = pytest.importorskip("peft")
 
 
 def _logits(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> torch.Tensor:
