@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 from soppu.errors import ObjectNotFound, StoreUnavailable
 from soppu.registry import Manifest, Pointer
 from soppu.store.base import ObjectStore
-from soppu.store.layout import pointer_key
+from soppu.store.layout import pointer_key, s3_adapter_id
 
 from .caching import Entry, TtlCache
 from .errors import GatewayError, StoreDown
@@ -58,7 +58,7 @@ _PREFIX_FOR: dict[BackendKind, Callable[[Manifest], str]] = {
 
 
 def _s3_locator(netloc: str, _: str) -> Callable[[str], AdapterTarget]:
-    return lambda prefix: AdapterTarget(f"s3://{netloc}/{prefix}", "s3")
+    return lambda prefix: AdapterTarget(s3_adapter_id(netloc, prefix), "s3")
 
 
 def _local_locator(_: str, path: str) -> Callable[[str], AdapterTarget]:

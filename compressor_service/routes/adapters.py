@@ -15,7 +15,7 @@ from fastapi import APIRouter, BackgroundTasks, Header, Request, Response
 
 from soppu.errors import SoppuError
 from soppu.registry import JobState
-from soppu.store.layout import AdapterVersion, check_name
+from soppu.store.layout import NAME_PATTERN, AdapterVersion, check_name
 
 from ..access import Action, authorize
 from ..deps import (
@@ -48,7 +48,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["Adapters"])
 
 _BINARY = {"type": "string", "format": "binary"}
-_NAME = {"type": "string", "default": "default", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
+_NAME = {"type": "string", "default": "default", "pattern": f"^{NAME_PATTERN}$"}
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -66,11 +66,7 @@ _UPLOAD_BODY: dict[str, Any] = {
                         "archive": _BINARY,
                         "probes.json": _BINARY,
                         "probes": {"type": "string", "description": 'a JSON list of strings: ["Where do I live?"]'},
-                        "name": {
-                            "type": "string",
-                            "default": "default",
-                            "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-                        },
+                        "name": _NAME,
                     },
                 },
                 "encoding": {"name": {"contentType": "text/plain"}, "probes": {"contentType": "text/plain"}},

@@ -48,6 +48,7 @@ from soppu.peft_files import CONFIG_NAME, PROBES_NAME, WEIGHTS_NAME
 
 __all__ = [
     "LAYOUT",
+    "NAME_PATTERN",
     "AdapterVersion",
     "adapter_jobs_prefix",
     "adapter_prefixes",
@@ -73,6 +74,7 @@ __all__ = [
     "pointer_key",
     "pointers_prefix",
     "relative_ref",
+    "s3_adapter_id",
     "tombstone_key",
     "user_prefixes",
     "versions_prefix",
@@ -117,7 +119,8 @@ LAYOUT: tuple[str, ...] = (
 
 # User ids, adapter names and cohort names: a letter or digit first (so never "." or ".."), then a small
 # alphabet that needs no escaping in a key, a URL or a shell.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_NAME = re.compile(NAME_PATTERN)
 _VERSION = re.compile(r"v(\d{8})")
 MAX_VERSION = 99_999_999
 
@@ -233,9 +236,11 @@ class AdapterVersion:
         """(config key, weights key) of the LoRAX-loadable PEFT export."""
         return f"{self.export_prefix}/{CONFIG_NAME}", f"{self.export_prefix}/{WEIGHTS_NAME}"
 
-    def lorax_adapter_id(self, bucket: str) -> str:
-        """What a LoRAX request carries as ``adapter_id`` (with ``adapter_source="s3"``)."""
-        return f"s3://{bucket}/{self.export_prefix}"
+
+def s3_adapter_id(bucket: str, prefix: str) -> str:
+    """What a request to LoRAX (an export) or the engine (an export or a core) carries as ``adapter_id``, with
+    ``adapter_source="s3"``, for the files under ``prefix`` in ``bucket``."""
+    return f"s3://{bucket}/{prefix}"
 
 
 _ORIGINAL_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, PROBES_NAME})

@@ -28,7 +28,7 @@ from soppu.adapter import CONFIG_NAME, WEIGHTS_NAME, read_adapter
 from soppu.compression import RankPolicy, compress
 from soppu.compression.format import bases_bytes, core_bytes
 from soppu.store import S3Store
-from soppu.store.layout import AdapterVersion, basis_key, relative_ref
+from soppu.store.layout import AdapterVersion, basis_key, relative_ref, s3_adapter_id
 from tests.inference_service.example_user import serve
 
 S3 = AdapterSourceKind.S3
@@ -66,7 +66,7 @@ async def _run(engine: Engine, prompt: str, ref: AdapterRef | None, params: Gene
 def _upload(store: S3Store, version: AdapterVersion, directory: Path) -> str:
     for key, name in zip(version.export_keys(), (CONFIG_NAME, WEIGHTS_NAME), strict=True):
         store.put(key, (directory / name).read_bytes())
-    return version.lorax_adapter_id(store.bucket)
+    return s3_adapter_id(store.bucket, version.export_prefix)
 
 
 def test_s3_adapter_downloads_once_for_concurrent_cold_requests(engine: Engine, s3_store: S3Store, users) -> None:

@@ -11,7 +11,7 @@ import pytest
 from soppu.errors import InvalidName
 from soppu.store import layout
 from soppu.store.base import validate_key
-from soppu.store.layout import AdapterVersion
+from soppu.store.layout import AdapterVersion, s3_adapter_id
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -27,7 +27,7 @@ def test_keys_of_one_version() -> None:
     assert ref.core_key == "cores/alice/default/v00000003/core.safetensors"
     assert ref.manifest_key == "manifests/alice/default/v00000003.json"
     assert ref.pointer_key == "pointers/alice/default/current.json"
-    assert ref.lorax_adapter_id("soppu") == "s3://soppu/exports/alice/default/v00000003"
+    assert s3_adapter_id("soppu", ref.export_prefix) == "s3://soppu/exports/alice/default/v00000003"
     assert layout.basis_key("c1", 2) == "bases/c1/v00000002/bases.safetensors"
     for key in (*ref.export_keys(), *ref.original_keys(), ref.core_key, ref.manifest_key, ref.pointer_key):
         validate_key(key)
