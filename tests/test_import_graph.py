@@ -1,5 +1,6 @@
 """The shape of the code as a whole (issue 16): our import graph has no cycle, counting imports hidden inside
-functions (one once joined the CLI's demo and dev), and no module runs past about 400 lines.
+functions (one once joined the CLI's demo and dev); no module runs past about 400 lines; and tests/ is a package
+whose modules share helpers through tests/support, not through sys.path or each other.
 
 The direction of each import (core below services, services apart) is tests/test_architecture.py's."""
 
@@ -136,3 +137,27 @@ def test_no_module_runs_past_400_lines() -> None:
     assert len(files) > 100
     long = {name: lines for name in files if (lines := len((ROOT / name).read_text().splitlines())) > MAX_LINES}
     assert not long, f"split these by what they do (at most {MAX_LINES} lines): {long}"
+
+
+_SYS_PATH_EDITS = ("insert", "append", "extend")
+
+
+def _edits_sys_path(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _SYS_PATH_EDITS:
+            target = node.func.value
+            if isinstance(target, ast.Attribute) and target.attr == "path" and ast.unparse(target.value) == "sys":
+                return True
+    return False
+
+
+def test_tests_are_a_package_sharing_helpers_through_support() -> None:
+    # Helpers by package name (tests.support.*), never by a bare name that sys.path edits make importable, and
+    # never from another test module, whose fixtures and tests would come along.
+    folders = {path.parent for path in (ROOT / "tests").rglob("*.py")}
+    assert not [f for f in folders if not (f / "__init__.py").is_file()]
+    modules = module_names(ROOT, ["tests"])
+    for name, path in modules.items():
+        assert not _edits_sys_path(path), name
+        imported = imported_modules(name, path, modules)
+        assert not [m for m in imported if m.rsplit(".", 1)[-1].startswith(("test_", "conftest"))], name
