@@ -8,11 +8,11 @@ of finished jobs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import Counter, Gauge, Histogram, generate_latest
 
 from soppu.registry import JobRecord
+from soppu_web.metrics import service_registry
 
 __all__ = ["CONTENT_TYPE", "CompressorMetrics"]
 
@@ -24,11 +24,7 @@ _ERROR_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
 class CompressorMetrics:
     def __init__(self, queue_depth: Callable[[], int], running: Callable[[], int]) -> None:
-        # No ``*_created`` series: they double what a scrape carries (a process-wide switch of prometheus_client,
-        # harmless here: a service process holds only these metrics).
-        # The cast: the function is unannotated in prometheus_client; it takes and returns nothing.
-        cast("Callable[[], None]", disable_created_metrics)()
-        self.registry = r = CollectorRegistry()
+        self.registry = r = service_registry()
         self.uploads = Counter(
             "soppu_compressor_uploads", "uploads answered, by outcome (accepted, duplicate)", ["outcome"], registry=r
         )

@@ -7,11 +7,12 @@ configuration. Backend health, in-flight counts and the resolution cache's hit r
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from soppu_web.metrics import service_registry
 
 from .routing import Backend
 
@@ -47,11 +48,8 @@ class _StateCollector(Collector):
 
 class GatewayMetrics:
     def __init__(self) -> None:
-        # Process-wide, as in the engine: *_created series only double a scrape. The cast: the function is
-        # unannotated in prometheus_client; it takes and returns nothing.
-        cast("Callable[[], None]", disable_created_metrics)()
         self._state: _StateCollector | None = None
-        self.registry = r = CollectorRegistry()
+        self.registry = r = service_registry()
         self.requests = Counter(
             "soppu_gateway_requests", "requests answered", ["route", "status", "backend"], registry=r
         )

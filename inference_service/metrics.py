@@ -8,11 +8,12 @@ Queue, batch and adapter-cache figures are read from ``engine.stats`` when scrap
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import cast
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from soppu_web.metrics import service_registry
 
 from .engine import EngineStats, GenerationResult
 
@@ -48,11 +49,7 @@ class _EngineStatsCollector(Collector):
 
 class ServiceMetrics:
     def __init__(self, stats: Callable[[], EngineStats | None]) -> None:
-        # LoRAX exposes no ``*_created`` series; they would double what a scrape carries. (A process-wide switch
-        # of prometheus_client, harmless here: a service process holds only these metrics.) The cast: the function
-        # is unannotated in prometheus_client; it takes and returns nothing.
-        cast("Callable[[], None]", disable_created_metrics)()
-        self.registry = CollectorRegistry()
+        self.registry = service_registry()
         r = self.registry
         self.request_count = Counter("lorax_request_count", "generation requests received", registry=r)
         self.request_success = Counter("lorax_request_success", "generation requests that finished", registry=r)
