@@ -22,7 +22,7 @@ import json
 from enum import StrEnum
 from typing import Any, Self
 
-from soppu.registry.results import ServedFrom, VersionReport
+from soppu.registry.results import ServedFrom, VersionReport, known_fields
 from soppu.store.layout import name_digest
 
 __all__ = ["CohortState", "IdempotencyRecord", "JobRecord", "JobState", "Manifest", "Pointer", "ServedFrom", "now"]
@@ -51,9 +51,7 @@ class _Record:
 
     @classmethod
     def from_json(cls, data: bytes) -> Self:
-        raw = json.loads(data)
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        return cls(**cls._decode({k: v for k, v in raw.items() if k in names}))
+        return cls(**cls._decode(known_fields(cls, json.loads(data))))
 
     @classmethod
     def _decode(cls, fields: dict[str, Any]) -> dict[str, Any]:

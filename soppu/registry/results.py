@@ -28,8 +28,9 @@ def _doc(text: str) -> dict[str, str]:
     return {"description": text}
 
 
-def _known(cls: type[Any], raw: dict[str, Any]) -> dict[str, Any]:
-    """The keys of ``raw`` that are fields of ``cls``."""
+def known_fields(cls: type[Any], raw: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``raw`` that are fields of the dataclass ``cls``: a stored record's keys a newer release added
+    are ignored, so an older reader survives them."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in raw.items() if k in names}
 
@@ -79,7 +80,7 @@ class StepRecord:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
-        known = _known(cls, raw)
+        known = known_fields(cls, raw)
         kl = known.pop("kl", None)
         return cls(**known, kl=None if kl is None else (float(kl[0]), float(kl[1])))
 
@@ -123,7 +124,7 @@ class VersionReport:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
-        known = _known(cls, raw)
+        known = known_fields(cls, raw)
         ladder = known.pop("ladder", None)
         known |= {
             "gate": GateVerdict.from_dict(known["gate"]),
